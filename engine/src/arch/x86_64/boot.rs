@@ -1,0 +1,367 @@
+//! Loading a kernel and describing the machine to it: Linux's zero page (64-bit boot protocol)
+//! or a PVH `hvm_start_info`, with the e820 memory map, initrd and command line.
+//!
+//! An ELF with a PVH note boots through PVH (32-bit entry, no paging); other ELF kernels and
+//! bzImages boot through the Linux 64-bit protocol. Firmware boot would be a third
+//! [`EntryPoint`].
+
+use std::fs::File;
+use std::path::Path;
+
+use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
+use linux_loader::loader::elf::start_info::{
+    hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
+};
+use linux_loader::loader::elf::{Elf, Error as ElfError, PvhBootCapability};
+use linux_loader::loader::{BzImage, Error as LoaderError, KernelLoader};
+use vm_memory::{
+    Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+};
+
+use super::layout::*;
+
+const E820_RAM: u32 = 1;
+const E820_RESERVED: u32 = 2;
+
+/// `HdrS`, the Linux setup header magic.
+const LINUX_HDRS_MAGIC: u32 = 0x5372_6448;
+/// Boot flag at the end of the Linux setup sector.
+const LINUX_BOOT_FLAG: u16 = 0xaa55;
+/// "Undefined" boot loader id: we are not a registered boot loader.
+const LINUX_LOADER_ID: u8 = 0xff;
+/// Alignment a relocatable ELF kernel expects when it has no setup header.
+const LINUX_KERNEL_ALIGNMENT: u32 = 0x100_0000;
+/// The 64-bit entry of a bzImage sits this far past its protected-mode load address.
+const BZIMAGE_64BIT_ENTRY_OFFSET: u64 = 0x200;
+/// Magic of `hvm_start_info`.
+const PVH_MAGIC: u32 = 0x336e_c578;
+
+/// Errors loading a kernel, an initrd or boot structures.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error("cannot open {path}: {source}")]
+    Open {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("kernel {path} is neither an ELF vmlinux nor a bzImage ({reason}); pass a Linux kernel image such as /boot/vmlinuz-*")]
+    UnknownKernelFormat { path: String, reason: String },
+    #[error("kernel {path} could not be loaded: {reason}")]
+    KernelLoad { path: String, reason: String },
+    #[error("initrd {path} ({size} bytes) does not fit in guest RAM below {limit:#x} after the kernel; give the VM more memory")]
+    InitrdTooLarge { path: String, size: u64, limit: u64 },
+    #[error("cannot read initrd {path}: {reason}")]
+    InitrdRead { path: String, reason: String },
+    #[error("cannot write {what} into guest memory: {reason}")]
+    GuestWrite { what: &'static str, reason: String },
+}
+
+/// How the bootstrap processor enters the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryPoint {
+    /// Linux 64-bit boot protocol: long mode, identity paging, RSI = zero page.
+    Linux64(GuestAddress),
+    /// PVH: 32-bit protected mode, no paging, EBX = `hvm_start_info`.
+    Pvh(GuestAddress),
+}
+
+/// A kernel in guest memory.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadedKernel {
+    pub entry: EntryPoint,
+    /// The bzImage's setup header, to be copied into the zero page.
+    pub setup_header: Option<setup_header>,
+    /// First guest address past the kernel image.
+    pub end: u64,
+}
+
+/// Where the initrd went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadedInitrd {
+    pub address: u64,
+    pub size: u64,
+}
+
+/// Loads `path` into guest memory: ELF first, bzImage if it is not an ELF.
+pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, BootError> {
+    let name = path.display().to_string();
+    let mut file = File::open(path).map_err(|source| BootError::Open {
+        path: name.clone(),
+        source,
+    })?;
+    let himem = Some(GuestAddress(HIMEM_START));
+    match Elf::load(mem, None, &mut file, himem) {
+        Ok(result) => {
+            let entry = match result.pvh_boot_cap {
+                PvhBootCapability::PvhEntryPresent(addr) => EntryPoint::Pvh(addr),
+                _ => EntryPoint::Linux64(result.kernel_load),
+            };
+            Ok(LoadedKernel {
+                entry,
+                setup_header: None,
+                end: result.kernel_end,
+            })
+        }
+        Err(LoaderError::Elf(ElfError::InvalidElfMagicNumber)) => {
+            let result = BzImage::load(mem, None, &mut file, himem).map_err(|err| match err {
+                LoaderError::Bzimage(_) => BootError::UnknownKernelFormat {
+                    path: name.clone(),
+                    reason: err.to_string(),
+                },
+                other => BootError::KernelLoad {
+                    path: name.clone(),
+                    reason: other.to_string(),
+                },
+            })?;
+            Ok(LoadedKernel {
+                entry: EntryPoint::Linux64(
+                    result.kernel_load.unchecked_add(BZIMAGE_64BIT_ENTRY_OFFSET),
+                ),
+                setup_header: result.setup_header,
+                end: result.kernel_end,
+            })
+        }
+        Err(err) => Err(BootError::KernelLoad {
+            path: name,
+            reason: err.to_string(),
+        }),
+    }
+}
+
+/// Picks the initrd's address: as high as allowed in RAM below 4 GiB, page aligned.
+pub fn initrd_address(
+    ram_below_gap: u64,
+    addr_max: Option<u64>,
+    kernel_end: u64,
+    size: u64,
+) -> Option<u64> {
+    let top = match addr_max {
+        Some(max) => ram_below_gap.min(max.saturating_add(1)),
+        None => ram_below_gap,
+    };
+    let address = top.checked_sub(size)? & !0xfff;
+    (address >= kernel_end.max(HIMEM_START)).then_some(address)
+}
+
+/// Loads the initrd at the top of low RAM.
+pub fn load_initrd(
+    mem: &GuestMemoryMmap,
+    path: &Path,
+    kernel: &LoadedKernel,
+) -> Result<LoadedInitrd, BootError> {
+    let name = path.display().to_string();
+    let mut file = File::open(path).map_err(|source| BootError::Open {
+        path: name.clone(),
+        source,
+    })?;
+    let size = file
+        .metadata()
+        .map_err(|err| BootError::InitrdRead {
+            path: name.clone(),
+            reason: err.to_string(),
+        })?
+        .len();
+    let low_ram_end = mem
+        .find_region(GuestAddress(0))
+        .map(|region| region.len())
+        .unwrap_or(0);
+    let addr_max = kernel
+        .setup_header
+        .map(|hdr| u64::from(hdr.initrd_addr_max))
+        .filter(|&max| max != 0);
+    let address = initrd_address(low_ram_end, addr_max, kernel.end, size).ok_or(
+        BootError::InitrdTooLarge {
+            path: name.clone(),
+            size,
+            limit: low_ram_end,
+        },
+    )?;
+    mem.read_exact_volatile_from(GuestAddress(address), &mut file, size as usize)
+        .map_err(|err| BootError::InitrdRead {
+            path: name,
+            reason: err.to_string(),
+        })?;
+    Ok(LoadedInitrd { address, size })
+}
+
+/// One entry of the machine's memory map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryMapEntry {
+    pub start: u64,
+    pub size: u64,
+    pub kind: u32,
+}
+
+/// The e820 map of a machine with `memory` bytes of RAM.
+pub fn memory_map(memory: u64) -> Vec<MemoryMapEntry> {
+    let entry = |start, end: u64, kind| MemoryMapEntry {
+        start,
+        size: end - start,
+        kind,
+    };
+    let mut map = vec![
+        entry(0, EBDA_START, E820_RAM),
+        entry(EBDA_START, HIMEM_START, E820_RESERVED),
+    ];
+    let low_end = memory.min(MMIO_GAP_START);
+    if low_end > HIMEM_START {
+        map.push(entry(HIMEM_START, low_end, E820_RAM));
+    }
+    if memory > MMIO_GAP_START {
+        map.push(entry(
+            MMIO_GAP_END,
+            MMIO_GAP_END + memory - MMIO_GAP_START,
+            E820_RAM,
+        ));
+    }
+    map
+}
+
+fn write<T: vm_memory::ByteValued>(
+    mem: &GuestMemoryMmap,
+    value: T,
+    address: u64,
+    what: &'static str,
+) -> Result<(), BootError> {
+    mem.write_obj(value, GuestAddress(address))
+        .map_err(|err| BootError::GuestWrite {
+            what,
+            reason: err.to_string(),
+        })
+}
+
+/// Writes the NUL-terminated command line.
+pub fn write_cmdline(mem: &GuestMemoryMmap, cmdline: &str) -> Result<(), BootError> {
+    let mut bytes = Vec::with_capacity(cmdline.len() + 1);
+    bytes.extend_from_slice(cmdline.as_bytes());
+    bytes.push(0);
+    mem.write_slice(&bytes, GuestAddress(CMDLINE_START))
+        .map_err(|err| BootError::GuestWrite {
+            what: "the command line",
+            reason: err.to_string(),
+        })
+}
+
+/// Fills and writes Linux's zero page.
+pub fn write_zero_page(
+    mem: &GuestMemoryMmap,
+    kernel: &LoadedKernel,
+    initrd: Option<LoadedInitrd>,
+    cmdline_len: usize,
+    memory: u64,
+) -> Result<(), BootError> {
+    let mut params = boot_params::default();
+    match kernel.setup_header {
+        Some(hdr) => params.hdr = hdr,
+        None => params.hdr.kernel_alignment = LINUX_KERNEL_ALIGNMENT,
+    }
+    params.hdr.type_of_loader = LINUX_LOADER_ID;
+    params.hdr.boot_flag = LINUX_BOOT_FLAG;
+    params.hdr.header = LINUX_HDRS_MAGIC;
+    params.hdr.cmd_line_ptr = CMDLINE_START as u32;
+    params.hdr.cmdline_size = cmdline_len as u32;
+    if let Some(initrd) = initrd {
+        params.hdr.ramdisk_image = initrd.address as u32;
+        params.hdr.ramdisk_size = initrd.size as u32;
+    }
+    params.acpi_rsdp_addr = ACPI_START;
+    let map = memory_map(memory);
+    for (slot, entry) in params.e820_table.iter_mut().zip(&map) {
+        *slot = boot_e820_entry {
+            addr: entry.start,
+            size: entry.size,
+            r#type: entry.kind,
+        };
+    }
+    params.e820_entries = map.len() as u8;
+    write(mem, params, ZERO_PAGE_START, "the Linux zero page")
+}
+
+/// Fills and writes the PVH start info, its memory map and module list.
+pub fn write_pvh_start_info(
+    mem: &GuestMemoryMmap,
+    initrd: Option<LoadedInitrd>,
+    memory: u64,
+) -> Result<(), BootError> {
+    let map = memory_map(memory);
+    for (index, entry) in map.iter().enumerate() {
+        let table_entry = hvm_memmap_table_entry {
+            addr: entry.start,
+            size: entry.size,
+            type_: entry.kind,
+            reserved: 0,
+        };
+        let address = PVH_MEMMAP_START + (index * std::mem::size_of_val(&table_entry)) as u64;
+        write(mem, table_entry, address, "the PVH memory map")?;
+    }
+    let mut info = hvm_start_info {
+        magic: PVH_MAGIC,
+        version: 1,
+        cmdline_paddr: CMDLINE_START,
+        rsdp_paddr: ACPI_START,
+        memmap_paddr: PVH_MEMMAP_START,
+        memmap_entries: map.len() as u32,
+        ..Default::default()
+    };
+    if let Some(initrd) = initrd {
+        let module = hvm_modlist_entry {
+            paddr: initrd.address,
+            size: initrd.size,
+            ..Default::default()
+        };
+        write(mem, module, PVH_MODLIST_START, "the PVH module list")?;
+        info.nr_modules = 1;
+        info.modlist_paddr = PVH_MODLIST_START;
+    }
+    write(mem, info, PVH_INFO_START, "the PVH start info")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_map_leaves_the_legacy_hole_and_the_mmio_gap() {
+        let map = memory_map(256 << 20);
+        assert_eq!(map.len(), 3);
+        assert_eq!(
+            map[0],
+            MemoryMapEntry {
+                start: 0,
+                size: EBDA_START,
+                kind: E820_RAM
+            }
+        );
+        assert_eq!(map[1].kind, E820_RESERVED);
+        assert_eq!(map[2].start, HIMEM_START);
+        assert_eq!(map[2].start + map[2].size, 256 << 20);
+
+        let map = memory_map(4 << 30);
+        assert_eq!(map.len(), 4);
+        assert_eq!(map[2].start + map[2].size, MMIO_GAP_START);
+        assert_eq!(map[3].start, MMIO_GAP_END);
+        let ram: u64 = map
+            .iter()
+            .filter(|e| e.kind == E820_RAM)
+            .map(|e| e.size)
+            .sum();
+        assert_eq!(ram, (4 << 30) - (HIMEM_START - EBDA_START));
+    }
+
+    #[test]
+    fn initrd_goes_to_the_top_of_low_ram() {
+        let top = 256 << 20;
+        assert_eq!(
+            initrd_address(top, None, 0x200_0000, 0x10_0800),
+            Some((top - 0x10_0800) & !0xfff)
+        );
+        // Honours the kernel's initrd_addr_max.
+        assert_eq!(
+            initrd_address(3 << 30, Some(0x7fff_ffff), 0x200_0000, 0x1000),
+            Some(0x8000_0000 - 0x1000)
+        );
+        // Refuses to overlap the kernel.
+        assert_eq!(initrd_address(top, None, top - 0x1000, 0x2000), None);
+        assert_eq!(initrd_address(top, None, 0, top + 1), None);
+    }
+}

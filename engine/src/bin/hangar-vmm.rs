@@ -1,0 +1,87 @@
+//! `hangar-vmm`: runs one virtual machine.
+//!
+//! ```text
+//! hangar-vmm --kernel vmlinuz --initrd initrd.img --memory 256M --cpus 2 --serial stdio
+//! ```
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use hangar_engine::config::{ByteSize, SerialMode, VmSettings};
+use hangar_engine::worker::Worker;
+
+/// Run one virtual machine on KVM. On a terminal, press Ctrl-A x to quit.
+#[derive(Parser, Debug)]
+#[command(name = "hangar-vmm", version)]
+struct Args {
+    /// Linux kernel: a bzImage, or an ELF vmlinux (PVH entry if it has one).
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Initial RAM disk.
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Kernel command line [default: console=ttyS0].
+    #[arg(long)]
+    cmdline: Option<String>,
+    /// Guest RAM, e.g. 256M or 2G [default: 256M].
+    #[arg(long, value_parser = parse_size)]
+    memory: Option<ByteSize>,
+    /// Number of vCPUs [default: 1].
+    #[arg(long)]
+    cpus: Option<u32>,
+    /// Where COM1 goes: stdio, none, or unix:PATH [default: stdio].
+    #[arg(long, value_parser = parse_serial)]
+    serial: Option<SerialMode>,
+    /// Listen for control clients (newline-delimited JSON) on this Unix socket.
+    #[arg(long)]
+    control: Option<PathBuf>,
+    /// Exit when the guest reboots instead of restarting it.
+    #[arg(long)]
+    no_reboot: bool,
+    /// Read settings from this JSON file; flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+fn parse_size(text: &str) -> Result<ByteSize, String> {
+    text.parse()
+}
+
+fn parse_serial(text: &str) -> Result<SerialMode, String> {
+    text.parse()
+        .map_err(|err: hangar_engine::config::ConfigError| err.to_string())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let flags = VmSettings {
+        kernel: args.kernel,
+        initrd: args.initrd,
+        cmdline: args.cmdline,
+        memory: args.memory,
+        cpus: args.cpus,
+        serial: args.serial,
+        control: args.control,
+        no_reboot: args.no_reboot.then_some(true),
+    };
+    let result = match &args.config {
+        Some(path) => VmSettings::from_file(path).map(|file| file.merge(flags)),
+        None => Ok(flags),
+    }
+    .and_then(VmSettings::validate);
+    let config = match result {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("hangar-vmm: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    match Worker::new(config).and_then(Worker::run) {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(err) => {
+            eprintln!("hangar-vmm: {err}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,441 @@
+//! The worker's configuration: a plain struct, validated once at the edge.
+//!
+//! Settings come from a JSON file (`--config`) and command-line flags; flags win. Everything
+//! downstream of [`VmConfig::validate`] trusts the values it gets.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Smallest guest RAM accepted: below this not even a tiny kernel fits.
+pub const MIN_MEMORY: u64 = 16 << 20;
+/// Largest guest RAM accepted.
+pub const MAX_MEMORY: u64 = 1 << 40;
+/// Most vCPUs a machine may have (APIC ids stay below the IOAPIC's id).
+pub const MAX_VCPUS: u8 = 64;
+/// Command line used when none is given: the serial console, so a user sees the boot.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0";
+
+/// Errors in a VM configuration. Each names the setting at fault and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("configuration file {path} is not valid: {source}")]
+    ParseFile {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("no kernel given: pass --kernel PATH or set \"kernel\" in the configuration")]
+    MissingKernel,
+    #[error("kernel {path}: {reason}")]
+    Kernel { path: PathBuf, reason: String },
+    #[error("initrd {path}: {reason}")]
+    Initrd { path: PathBuf, reason: String },
+    #[error("memory {0}: {1}")]
+    Memory(String, String),
+    #[error("cpus {0}: must be between 1 and {MAX_VCPUS}")]
+    Cpus(u32),
+    #[error("command line is {0} bytes; the limit is {1}")]
+    CmdlineTooLong(usize, usize),
+    #[error("serial {0:?}: expected stdio, none or unix:PATH")]
+    Serial(String),
+    #[error("control socket path {0}: {1}")]
+    Control(PathBuf, String),
+}
+
+/// A size in bytes that reads and writes as `256M`, `2G`, `4096K` or a plain byte count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let text = text.trim();
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        let (digits, suffix) = text.split_at(split);
+        let value: u64 = digits
+            .parse()
+            .map_err(|_| format!("{text:?} is not a size; write it like 256M or 2G"))?;
+        let shift = match suffix.trim() {
+            "" | "B" => 0,
+            "K" | "k" | "KiB" => 10,
+            "M" | "m" | "MiB" => 20,
+            "G" | "g" | "GiB" => 30,
+            "T" | "t" | "TiB" => 40,
+            other => return Err(format!("unknown size suffix {other:?}; use K, M, G or T")),
+        };
+        value
+            .checked_mul(1 << shift)
+            .map(ByteSize)
+            .ok_or_else(|| format!("{text:?} is too large"))
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [(u32, &str); 4] = [(40, "T"), (30, "G"), (20, "M"), (10, "K")];
+        for (shift, unit) in UNITS {
+            if self.0 != 0 && self.0 % (1 << shift) == 0 {
+                return write!(f, "{}{unit}", self.0 >> shift);
+            }
+        }
+        write!(f, "{}", self.0)
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bytes(u64),
+            Text(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Bytes(bytes) => Ok(ByteSize(bytes)),
+            Raw::Text(text) => text.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Where the guest's first serial port goes.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum SerialMode {
+    /// The worker's own stdin and stdout.
+    #[default]
+    Stdio,
+    /// Nowhere: output dropped, no input.
+    None,
+    /// A Unix stream socket that clients connect to; output goes to every client.
+    Unix(PathBuf),
+}
+
+impl FromStr for SerialMode {
+    type Err = ConfigError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "stdio" => Ok(SerialMode::Stdio),
+            "none" => Ok(SerialMode::None),
+            _ => match text.strip_prefix("unix:") {
+                Some(path) if !path.is_empty() => Ok(SerialMode::Unix(PathBuf::from(path))),
+                _ => Err(ConfigError::Serial(text.to_string())),
+            },
+        }
+    }
+}
+
+impl fmt::Display for SerialMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SerialMode::Stdio => f.write_str("stdio"),
+            SerialMode::None => f.write_str("none"),
+            SerialMode::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+impl Serialize for SerialMode {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for SerialMode {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Settings as they arrive from a file or flags: everything optional, nothing checked yet.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VmSettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<ByteSize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<SerialMode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_reboot: Option<bool>,
+}
+
+impl VmSettings {
+    /// Reads settings from a JSON file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        serde_json::from_str(&text).map_err(|source| ConfigError::ParseFile {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// Lays `overrides` over `self`: every setting present in `overrides` wins.
+    pub fn merge(self, overrides: VmSettings) -> VmSettings {
+        VmSettings {
+            kernel: overrides.kernel.or(self.kernel),
+            initrd: overrides.initrd.or(self.initrd),
+            cmdline: overrides.cmdline.or(self.cmdline),
+            memory: overrides.memory.or(self.memory),
+            cpus: overrides.cpus.or(self.cpus),
+            serial: overrides.serial.or(self.serial),
+            control: overrides.control.or(self.control),
+            no_reboot: overrides.no_reboot.or(self.no_reboot),
+        }
+    }
+
+    /// Checks every setting and fills in defaults.
+    pub fn validate(self) -> Result<VmConfig, ConfigError> {
+        let kernel = self.kernel.ok_or(ConfigError::MissingKernel)?;
+        check_readable_file(&kernel).map_err(|reason| ConfigError::Kernel {
+            path: kernel.clone(),
+            reason,
+        })?;
+        if let Some(initrd) = &self.initrd {
+            check_readable_file(initrd).map_err(|reason| ConfigError::Initrd {
+                path: initrd.clone(),
+                reason,
+            })?;
+        }
+
+        let memory = self.memory.unwrap_or(ByteSize(256 << 20));
+        if memory.0 < MIN_MEMORY || memory.0 > MAX_MEMORY {
+            return Err(ConfigError::Memory(
+                memory.to_string(),
+                format!(
+                    "must be between {} and {}",
+                    ByteSize(MIN_MEMORY),
+                    ByteSize(MAX_MEMORY)
+                ),
+            ));
+        }
+        if memory.0 % 4096 != 0 {
+            return Err(ConfigError::Memory(
+                memory.to_string(),
+                "must be a whole number of 4 KiB pages".into(),
+            ));
+        }
+
+        let cpus = self.cpus.unwrap_or(1);
+        if cpus == 0 || cpus > u32::from(MAX_VCPUS) {
+            return Err(ConfigError::Cpus(cpus));
+        }
+
+        let cmdline = self.cmdline.unwrap_or_else(|| DEFAULT_CMDLINE.to_string());
+        let cmdline_limit = crate::arch::x86_64::layout::CMDLINE_MAX_SIZE - 1;
+        if cmdline.len() > cmdline_limit {
+            return Err(ConfigError::CmdlineTooLong(cmdline.len(), cmdline_limit));
+        }
+
+        if let Some(control) = &self.control {
+            check_socket_path(control)
+                .map_err(|reason| ConfigError::Control(control.clone(), reason))?;
+        }
+
+        Ok(VmConfig {
+            kernel,
+            initrd: self.initrd,
+            cmdline,
+            memory: memory.0,
+            vcpus: cpus as u8,
+            serial: self.serial.unwrap_or_default(),
+            control: self.control,
+            no_reboot: self.no_reboot.unwrap_or(false),
+        })
+    }
+}
+
+/// A validated machine configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VmConfig {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+    /// Guest RAM in bytes, a multiple of 4 KiB.
+    pub memory: u64,
+    pub vcpus: u8,
+    pub serial: SerialMode,
+    pub control: Option<PathBuf>,
+    /// Exit instead of resetting when the guest reboots.
+    pub no_reboot: bool,
+}
+
+fn check_readable_file(path: &Path) -> Result<(), String> {
+    let meta = std::fs::metadata(path).map_err(|err| match err.kind() {
+        std::io::ErrorKind::NotFound => "no such file; check the path".to_string(),
+        std::io::ErrorKind::PermissionDenied => "permission denied; check its mode".to_string(),
+        _ => err.to_string(),
+    })?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    if meta.len() == 0 {
+        return Err("the file is empty".into());
+    }
+    std::fs::File::open(path).map_err(|err| format!("cannot open it: {err}"))?;
+    Ok(())
+}
+
+fn check_socket_path(path: &Path) -> Result<(), String> {
+    // sun_path holds 108 bytes including the NUL.
+    if path.as_os_str().len() > 107 {
+        return Err("longer than the 107 bytes a Unix socket path may have".into());
+    }
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() && !dir.is_dir() => {
+            Err(format!("directory {} does not exist", dir.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_suffixes() {
+        assert_eq!("256M".parse::<ByteSize>().unwrap(), ByteSize(256 << 20));
+        assert_eq!("2G".parse::<ByteSize>().unwrap(), ByteSize(2 << 30));
+        assert_eq!("4096K".parse::<ByteSize>().unwrap(), ByteSize(4 << 20));
+        assert_eq!("12345".parse::<ByteSize>().unwrap(), ByteSize(12345));
+        assert_eq!("1GiB".parse::<ByteSize>().unwrap(), ByteSize(1 << 30));
+        assert!("12X".parse::<ByteSize>().is_err());
+        assert!("M".parse::<ByteSize>().is_err());
+        assert!("99999999999999T".parse::<ByteSize>().is_err());
+    }
+
+    #[test]
+    fn sizes_print_in_the_largest_exact_unit() {
+        assert_eq!(ByteSize(256 << 20).to_string(), "256M");
+        assert_eq!(ByteSize(3 << 30).to_string(), "3G");
+        assert_eq!(ByteSize(1000).to_string(), "1000");
+    }
+
+    #[test]
+    fn json_accepts_sizes_as_text_or_bytes() {
+        let settings: VmSettings =
+            serde_json::from_str(r#"{"memory":"512M","cpus":2,"serial":"unix:/tmp/s"}"#).unwrap();
+        assert_eq!(settings.memory, Some(ByteSize(512 << 20)));
+        assert_eq!(settings.serial, Some(SerialMode::Unix("/tmp/s".into())));
+        let settings: VmSettings = serde_json::from_str(r#"{"memory":1048576}"#).unwrap();
+        assert_eq!(settings.memory, Some(ByteSize(1 << 20)));
+    }
+
+    #[test]
+    fn json_rejects_unknown_fields_by_name() {
+        let err = serde_json::from_str::<VmSettings>(r#"{"memroy":"1G"}"#).unwrap_err();
+        assert!(err.to_string().contains("memroy"), "{err}");
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let file = VmSettings {
+            memory: Some(ByteSize(1 << 30)),
+            cpus: Some(4),
+            cmdline: Some("quiet".into()),
+            ..Default::default()
+        };
+        let flags = VmSettings {
+            cpus: Some(2),
+            ..Default::default()
+        };
+        let merged = file.merge(flags);
+        assert_eq!(merged.cpus, Some(2));
+        assert_eq!(merged.memory, Some(ByteSize(1 << 30)));
+        assert_eq!(merged.cmdline.as_deref(), Some("quiet"));
+    }
+
+    fn with_kernel(settings: VmSettings) -> VmSettings {
+        VmSettings {
+            kernel: Some(std::env::current_exe().unwrap()),
+            ..settings
+        }
+    }
+
+    #[test]
+    fn validation_names_the_bad_setting() {
+        let err = VmSettings::default().validate().unwrap_err();
+        assert!(matches!(err, ConfigError::MissingKernel));
+
+        let err = VmSettings {
+            kernel: Some("/nonexistent/vmlinuz".into()),
+            ..Default::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/vmlinuz"), "{err}");
+        assert!(err.to_string().contains("no such file"), "{err}");
+
+        let err = with_kernel(VmSettings {
+            memory: Some(ByteSize(0)),
+            ..Default::default()
+        })
+        .validate()
+        .unwrap_err();
+        assert!(err.to_string().starts_with("memory 0"), "{err}");
+
+        let err = with_kernel(VmSettings {
+            cpus: Some(0),
+            ..Default::default()
+        })
+        .validate()
+        .unwrap_err();
+        assert!(matches!(err, ConfigError::Cpus(0)));
+
+        let err = with_kernel(VmSettings {
+            control: Some("/nonexistent-dir/ctl.sock".into()),
+            ..Default::default()
+        })
+        .validate()
+        .unwrap_err();
+        assert!(err.to_string().contains("does not exist"), "{err}");
+    }
+
+    #[test]
+    fn validation_fills_defaults() {
+        let config = with_kernel(VmSettings::default()).validate().unwrap();
+        assert_eq!(config.memory, 256 << 20);
+        assert_eq!(config.vcpus, 1);
+        assert_eq!(config.cmdline, DEFAULT_CMDLINE);
+        assert_eq!(config.serial, SerialMode::Stdio);
+        assert!(!config.no_reboot);
+    }
+
+    #[test]
+    fn serial_modes_parse() {
+        assert_eq!("stdio".parse::<SerialMode>().unwrap(), SerialMode::Stdio);
+        assert_eq!("none".parse::<SerialMode>().unwrap(), SerialMode::None);
+        assert!("unix:".parse::<SerialMode>().is_err());
+        assert!("tcp:1234".parse::<SerialMode>().is_err());
+    }
+}

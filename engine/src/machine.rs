@@ -1,0 +1,285 @@
+//! One boot of a VM: the KVM VM, guest RAM, devices and vCPU threads, built from a
+//! [`VmConfig`]. A reset drops the machine and builds a fresh one from the same config.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::arch::x86_64::boot::{self, EntryPoint, LoadedKernel};
+use crate::arch::x86_64::layout::*;
+use crate::arch::x86_64::{acpi, cpuid, msr, regs};
+use crate::config::VmConfig;
+use crate::devices::i8042::I8042;
+use crate::devices::pm::{PowerManagement, ResetControl};
+use crate::devices::rtc::Cmos;
+use crate::devices::serial::{Console, SerialPort};
+use crate::devices::{lock, InterruptLine, PioBus};
+use crate::memory::{self, MemoryError};
+use crate::protocol::VcpuStats;
+use crate::vcpu::{EventSender, RunControl, VcpuSet, VcpuThread};
+
+/// Errors building or starting a machine. Each says which step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MachineError {
+    #[error("cannot open /dev/kvm: {0}. Is KVM enabled in the BIOS and the kvm module loaded, and are you in the kvm group?")]
+    OpenKvm(kvm_ioctls::Error),
+    #[error("KVM refused to {step}: {source}")]
+    Kvm {
+        step: &'static str,
+        source: kvm_ioctls::Error,
+    },
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+    #[error(transparent)]
+    Regs(#[from] regs::RegsError),
+    #[error("cannot write the ACPI tables into guest memory: {0}")]
+    Acpi(String),
+    #[error("cannot create an event fd: {0}")]
+    EventFd(std::io::Error),
+    #[error("cannot start a vCPU thread: {0}")]
+    Thread(std::io::Error),
+}
+
+fn kvm_step<T>(
+    step: &'static str,
+    result: Result<T, kvm_ioctls::Error>,
+) -> Result<T, MachineError> {
+    result.map_err(|source| MachineError::Kvm { step, source })
+}
+
+/// Raises the SCI through the in-kernel IOAPIC.
+struct KvmIrqLine {
+    vm: Arc<VmFd>,
+    irq: u32,
+}
+
+impl InterruptLine for KvmIrqLine {
+    fn set_level(&self, high: bool) {
+        // Fails only if the irqchip is gone, i.e. the machine is being torn down.
+        let _ = self.vm.set_irq_line(self.irq, high);
+    }
+}
+
+/// A built machine, before or after its vCPUs start.
+pub struct Machine {
+    // Field order is drop order: vCPUs go first, then devices, the VM and memory.
+    vcpus: Option<VcpuSet>,
+    pending_vcpus: Vec<VcpuFd>,
+    bus: Arc<PioBus>,
+    serial: Arc<Mutex<SerialPort>>,
+    pm: Arc<Mutex<PowerManagement>>,
+    _vm: Arc<VmFd>,
+    memory: GuestMemoryMmap,
+    booted: Instant,
+}
+
+impl Machine {
+    /// Builds the VM, loads the kernel and prepares every vCPU, without running anything.
+    pub fn build(kvm: &Kvm, config: &VmConfig, console: Console) -> Result<Machine, MachineError> {
+        let vm = Arc::new(kvm_step("create a VM", kvm.create_vm())?);
+        kvm_step("set the TSS address", vm.set_tss_address(KVM_TSS_ADDR))?;
+        kvm_step("create the in-kernel irqchip", vm.create_irq_chip())?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        kvm_step("create the in-kernel PIT", vm.create_pit2(pit))?;
+
+        let memory = memory::create_guest_memory(config.memory)?;
+        for (slot, region) in memory.iter().enumerate() {
+            let host = region
+                .get_host_address(vm_memory::MemoryRegionAddress(0))
+                .map_err(|err| MachineError::Acpi(err.to_string()))?;
+            let mapping = kvm_userspace_memory_region {
+                slot: slot as u32,
+                guest_phys_addr: region.start_addr().0,
+                memory_size: region.len(),
+                userspace_addr: host as u64,
+                flags: 0,
+            };
+            // SAFETY: the mapping belongs to `memory`, which this Machine owns and keeps alive
+            // as long as the VM (the VM fd is dropped first, see the field order).
+            kvm_step("map guest RAM", unsafe {
+                vm.set_user_memory_region(mapping)
+            })?;
+        }
+
+        let kernel = boot::load_kernel(&memory, &config.kernel)?;
+        let initrd = match &config.initrd {
+            Some(path) => Some(boot::load_initrd(&memory, path, &kernel)?),
+            None => None,
+        };
+        boot::write_cmdline(&memory, &config.cmdline)?;
+        match kernel.entry {
+            EntryPoint::Linux64(_) => boot::write_zero_page(
+                &memory,
+                &kernel,
+                initrd,
+                config.cmdline.len(),
+                config.memory,
+            )?,
+            EntryPoint::Pvh(_) => boot::write_pvh_start_info(&memory, initrd, config.memory)?,
+        }
+        let tables = acpi::create_acpi_tables(config.vcpus);
+        memory
+            .write_slice(&tables.bytes, GuestAddress(ACPI_START))
+            .map_err(|err| MachineError::Acpi(err.to_string()))?;
+
+        let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(MachineError::EventFd)?;
+        kvm_step(
+            "connect COM1's interrupt",
+            vm.register_irqfd(&serial_irq, COM1_IRQ),
+        )?;
+        let serial = Arc::new(Mutex::new(SerialPort::new(serial_irq, console)));
+        let sci = Arc::new(KvmIrqLine {
+            vm: vm.clone(),
+            irq: SCI_IRQ,
+        });
+        let pm = Arc::new(Mutex::new(PowerManagement::new(sci)));
+        let i8042 = Arc::new(Mutex::new(I8042::default()));
+        let mut bus = PioBus::default();
+        bus.insert(COM1_PORT, 8, serial.clone());
+        bus.insert(I8042_DATA_PORT, 1, i8042.clone());
+        bus.insert(I8042_COMMAND_PORT, 1, i8042);
+        bus.insert(CMOS_PORT, 2, Arc::new(Mutex::new(Cmos::default())));
+        bus.insert(PM1A_EVT_PORT, 6, pm.clone());
+        bus.insert(RESET_PORT, 1, Arc::new(Mutex::new(ResetControl::default())));
+
+        let supported = kvm_step(
+            "report its CPUID",
+            kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES),
+        )?;
+        let mut pending_vcpus = Vec::new();
+        for id in 0..config.vcpus {
+            let vcpu = kvm_step("create a vCPU", vm.create_vcpu(u64::from(id)))?;
+            configure_vcpu(&vcpu, &memory, &kernel, id, config.vcpus, &supported)?;
+            pending_vcpus.push(vcpu);
+        }
+
+        Ok(Machine {
+            vcpus: None,
+            pending_vcpus,
+            bus: Arc::new(bus),
+            serial,
+            pm,
+            _vm: vm,
+            memory,
+            booted: Instant::now(),
+        })
+    }
+
+    /// Starts one thread per vCPU.
+    pub fn start(&mut self, events: &EventSender) -> Result<(), MachineError> {
+        let run = Arc::new(RunControl::default());
+        let mut threads = Vec::new();
+        for (id, vcpu) in self.pending_vcpus.drain(..).enumerate() {
+            let thread = VcpuThread::spawn(
+                id as u8,
+                vcpu,
+                self.bus.clone(),
+                run.clone(),
+                events.clone(),
+            )
+            .map_err(MachineError::Thread)?;
+            threads.push(thread);
+        }
+        self.booted = Instant::now();
+        self.vcpus = Some(VcpuSet::new(threads, run));
+        Ok(())
+    }
+
+    /// Pauses every vCPU; false if one did not stop in time.
+    pub fn pause(&self) -> bool {
+        self.vcpus.as_ref().is_none_or(VcpuSet::pause)
+    }
+
+    pub fn resume(&self) {
+        if let Some(vcpus) = &self.vcpus {
+            vcpus.resume();
+        }
+    }
+
+    /// Stops and joins the vCPU threads.
+    pub fn stop(&mut self) {
+        if let Some(vcpus) = self.vcpus.take() {
+            vcpus.stop();
+        }
+    }
+
+    pub fn press_power_button(&self) {
+        lock(&self.pm).press_power_button();
+    }
+
+    pub fn send_serial_input(&self, bytes: &[u8]) {
+        lock(&self.serial).queue_input(bytes);
+    }
+
+    pub fn vcpu_stats(&self) -> Vec<VcpuStats> {
+        self.vcpus.as_ref().map(VcpuSet::stats).unwrap_or_default()
+    }
+
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory.iter().map(|r| r.len()).sum()
+    }
+
+    pub fn uptime(&self) -> std::time::Duration {
+        self.booted.elapsed()
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn configure_vcpu(
+    vcpu: &VcpuFd,
+    memory: &GuestMemoryMmap,
+    kernel: &LoadedKernel,
+    id: u8,
+    count: u8,
+    supported: &kvm_bindings::CpuId,
+) -> Result<(), MachineError> {
+    let mut cpuid = supported.clone();
+    cpuid::filter_cpuid(cpuid.as_mut_slice(), id, count);
+    kvm_step("accept the vCPU's CPUID", vcpu.set_cpuid2(&cpuid))?;
+
+    let entries = msr::boot_msrs();
+    let msrs = kvm_bindings::Msrs::from_entries(&entries).map_err(|_| MachineError::Kvm {
+        step: "take the boot MSR list",
+        source: kvm_ioctls::Error::new(libc::E2BIG),
+    })?;
+    // KVM sets as many as it supports; a missing one (e.g. MISC_ENABLE on some hosts) is not
+    // fatal for the guest.
+    kvm_step("set the boot MSRs", vcpu.set_msrs(&msrs))?;
+
+    let mut lapic = kvm_step("read the local APIC", vcpu.get_lapic())?;
+    regs::set_lint_pins(&mut lapic.regs);
+    kvm_step("set the local APIC", vcpu.set_lapic(&lapic))?;
+    kvm_step("set the FPU", vcpu.set_fpu(&regs::boot_fpu()))?;
+
+    // Secondary vCPUs wait for INIT/SIPI from the guest; only the BSP gets an entry state.
+    if id == 0 {
+        let mut sregs = kvm_step("read segment registers", vcpu.get_sregs())?;
+        regs::write_descriptor_tables(memory, kernel.entry, &mut sregs)?;
+        if let EntryPoint::Linux64(_) = kernel.entry {
+            regs::write_identity_page_tables(memory)?;
+        }
+        regs::set_control_registers(kernel.entry, &mut sregs);
+        kvm_step("set segment registers", vcpu.set_sregs(&sregs))?;
+        kvm_step(
+            "set registers",
+            vcpu.set_regs(&regs::boot_regs(kernel.entry)),
+        )?;
+    }
+    Ok(())
+}

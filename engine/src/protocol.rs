@@ -1,0 +1,302 @@
+//! The control protocol between a `hangar-vmm` worker and its clients (`hangard`, tests).
+//!
+//! Newline-delimited JSON over a Unix stream socket. A client sends one request object per line,
+//! with a `"cmd"` field and optionally `"id"` (echoed back) and `"version"`. The worker answers
+//! each request with exactly one reply line, `{"ok":true,...}` or `{"ok":false,"error":"..."}`,
+//! in order. Between replies it may send event lines, which carry an `"event"` field instead of
+//! `"ok"`. On connect the worker first sends a `hello` event naming the protocol version.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Version of this protocol. Requests naming another version are refused.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Longest request line accepted, in bytes.
+pub const MAX_REQUEST_LINE: usize = 64 * 1024;
+
+/// A request, as the `"cmd"` field names it.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(tag = "cmd", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Command {
+    /// Stop every vCPU; the reply comes once they have all stopped.
+    Pause,
+    /// Let the vCPUs run again.
+    Resume,
+    /// Press the ACPI power button, asking the guest to shut down.
+    Powerdown,
+    /// Hard reset: the machine restarts from its kernel.
+    Reset,
+    /// Stop the machine at once and exit the worker.
+    Kill,
+    /// The machine's state and shape.
+    Status,
+    /// Counters: per-vCPU CPU time and exits, guest memory.
+    Stats,
+}
+
+impl Command {
+    /// Every command name, for error messages.
+    pub const NAMES: &'static [&'static str] = &[
+        "pause",
+        "resume",
+        "powerdown",
+        "reset",
+        "kill",
+        "status",
+        "stats",
+    ];
+}
+
+/// A request line, parsed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Request {
+    pub id: Option<Value>,
+    pub command: Command,
+}
+
+/// Why a request line could not be understood. The message is sent back to the client.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum RequestError {
+    #[error("malformed JSON: {0}")]
+    Malformed(String),
+    #[error("a request must be a JSON object with a \"cmd\" field")]
+    NotAnObject,
+    #[error("missing \"cmd\" field; known commands: {known}", known = Command::NAMES.join(", "))]
+    MissingCommand,
+    #[error("unknown command {0:?}; known commands: {known}", known = Command::NAMES.join(", "))]
+    UnknownCommand(String),
+    #[error(
+        "protocol version {0} is not supported; this worker speaks version {PROTOCOL_VERSION}"
+    )]
+    Version(Value),
+    #[error("invalid arguments for {0:?}: {1}")]
+    Arguments(String, String),
+    #[error("request line longer than {MAX_REQUEST_LINE} bytes")]
+    TooLong,
+}
+
+impl Request {
+    /// Parses one request line. On failure returns the error and, if it could be read, the id.
+    pub fn parse(line: &[u8]) -> Result<Request, (Option<Value>, RequestError)> {
+        let value: Value = serde_json::from_slice(line)
+            .map_err(|err| (None, RequestError::Malformed(err.to_string())))?;
+        let Value::Object(mut object) = value else {
+            return Err((None, RequestError::NotAnObject));
+        };
+        let id = object.remove("id");
+        let fail = |err| (id.clone(), err);
+        if let Some(version) = object.remove("version") {
+            if version.as_u64() != Some(u64::from(PROTOCOL_VERSION)) {
+                return Err(fail(RequestError::Version(version)));
+            }
+        }
+        let name = match object.get("cmd") {
+            None => return Err(fail(RequestError::MissingCommand)),
+            Some(Value::String(name)) => name.clone(),
+            Some(other) => return Err(fail(RequestError::UnknownCommand(other.to_string()))),
+        };
+        if !Command::NAMES.contains(&name.as_str()) {
+            return Err(fail(RequestError::UnknownCommand(name)));
+        }
+        let command: Command = serde_json::from_value(Value::Object(object.clone()))
+            .map_err(|err| fail(RequestError::Arguments(name.clone(), err.to_string())))?;
+        // serde ignores unknown fields of internally tagged unit variants; a field the command
+        // does not serialise back is one it does not know.
+        if let Ok(Value::Object(known)) = serde_json::to_value(&command) {
+            if let Some(field) = object.keys().find(|key| !known.contains_key(*key)) {
+                let message = format!("unknown field {field:?}");
+                return Err(fail(RequestError::Arguments(name, message)));
+            }
+        }
+        Ok(Request { id, command })
+    }
+}
+
+/// A reply line.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Reply {
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Command-specific fields, flattened into the reply object.
+    #[serde(flatten)]
+    pub data: Map<String, Value>,
+}
+
+impl Reply {
+    pub fn ok(id: Option<Value>, data: impl Serialize) -> Reply {
+        let data = match serde_json::to_value(data) {
+            Ok(Value::Object(map)) => map,
+            _ => Map::new(),
+        };
+        Reply {
+            ok: true,
+            id,
+            error: None,
+            data,
+        }
+    }
+
+    pub fn error(id: Option<Value>, message: impl ToString) -> Reply {
+        Reply {
+            ok: false,
+            id,
+            error: Some(message.to_string()),
+            data: Map::new(),
+        }
+    }
+}
+
+/// The machine's run state.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunState {
+    Running,
+    Paused,
+    /// The guest crashed (triple fault, failed entry); vCPUs are stopped until `reset` or `kill`.
+    Crashed,
+    /// The machine stopped; the worker is about to exit.
+    Shutoff,
+}
+
+/// Why a machine stopped or restarted.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum StopReason {
+    /// The guest entered ACPI S5.
+    GuestPoweroff,
+    /// The guest asked for a reset (keyboard controller, reset register, or KVM).
+    GuestReset,
+    /// A client sent `reset`.
+    HostReset,
+    /// A client sent `kill`, or the worker got SIGTERM/SIGINT.
+    Killed,
+}
+
+/// An event line.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum Event {
+    /// First line on every connection.
+    Hello { version: u32, vmm: String },
+    /// The run state changed.
+    State { state: RunState },
+    /// The machine restarted from its kernel.
+    Reset { reason: StopReason },
+    /// The machine stopped for good; the worker exits next.
+    Shutdown { reason: StopReason },
+    /// The guest crashed. `reason` is `triple-fault`, `internal-error` or `entry-failure`.
+    GuestPanic { reason: String, vcpu: u8 },
+}
+
+/// Reply data of `status`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Status {
+    pub version: u32,
+    pub state: RunState,
+    pub vcpus: u8,
+    pub memory_bytes: u64,
+    pub kernel: String,
+    pub uptime_ms: u64,
+    pub pid: u32,
+}
+
+/// Exit counts of one vCPU, by kind.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ExitCounts {
+    pub io: u64,
+    pub mmio: u64,
+    pub hlt: u64,
+    pub other: u64,
+}
+
+/// Counters of one vCPU.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct VcpuStats {
+    pub id: u8,
+    /// Host CPU time the vCPU thread has used, in nanoseconds.
+    pub cpu_time_ns: u64,
+    pub exits: ExitCounts,
+}
+
+/// Reply data of `stats`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Stats {
+    pub state: RunState,
+    pub memory_bytes: u64,
+    pub vcpus: Vec<VcpuStats>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_plain_command() {
+        let req = Request::parse(br#"{"cmd":"stats"}"#).unwrap();
+        assert_eq!(req.command, Command::Stats);
+        assert_eq!(req.id, None);
+    }
+
+    #[test]
+    fn keeps_the_id_and_accepts_the_version() {
+        let req = Request::parse(br#"{"cmd":"pause","id":7,"version":1}"#).unwrap();
+        assert_eq!(req.command, Command::Pause);
+        assert_eq!(req.id, Some(Value::from(7)));
+    }
+
+    #[test]
+    fn rejects_bad_lines_with_a_reason() {
+        let (_, err) = Request::parse(b"{not json").unwrap_err();
+        assert!(matches!(err, RequestError::Malformed(_)));
+        let (_, err) = Request::parse(b"[1,2]").unwrap_err();
+        assert_eq!(err, RequestError::NotAnObject);
+        let (id, err) = Request::parse(br#"{"id":"a"}"#).unwrap_err();
+        assert_eq!(err, RequestError::MissingCommand);
+        assert_eq!(id, Some(Value::from("a")));
+        let (_, err) = Request::parse(br#"{"cmd":"explode"}"#).unwrap_err();
+        assert_eq!(err, RequestError::UnknownCommand("explode".into()));
+        assert!(err.to_string().contains("pause"));
+        let (_, err) = Request::parse(br#"{"cmd":"pause","version":2}"#).unwrap_err();
+        assert!(matches!(err, RequestError::Version(_)));
+        let (_, err) = Request::parse(br#"{"cmd":"pause","force":true}"#).unwrap_err();
+        assert!(matches!(err, RequestError::Arguments(..)), "{err:?}");
+        let (_, err) = Request::parse(br#"{"cmd":5}"#).unwrap_err();
+        assert!(matches!(err, RequestError::UnknownCommand(_)));
+    }
+
+    #[test]
+    fn replies_serialise_flat() {
+        let reply = Reply::ok(Some(Value::from(1)), serde_json::json!({"state":"running"}));
+        assert_eq!(
+            serde_json::to_string(&reply).unwrap(),
+            r#"{"ok":true,"id":1,"state":"running"}"#
+        );
+        let reply = Reply::error(None, "nope");
+        assert_eq!(
+            serde_json::to_string(&reply).unwrap(),
+            r#"{"ok":false,"error":"nope"}"#
+        );
+    }
+
+    #[test]
+    fn events_carry_their_name() {
+        let line = serde_json::to_string(&Event::GuestPanic {
+            reason: "triple-fault".into(),
+            vcpu: 0,
+        })
+        .unwrap();
+        assert_eq!(
+            line,
+            r#"{"event":"guest-panic","reason":"triple-fault","vcpu":0}"#
+        );
+        let line = serde_json::to_string(&Event::State {
+            state: RunState::Paused,
+        })
+        .unwrap();
+        assert_eq!(line, r#"{"event":"state","state":"paused"}"#);
+    }
+}

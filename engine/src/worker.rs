@@ -1,0 +1,629 @@
+//! The worker process: owns one machine and serves its control socket and serial console from
+//! a single epoll loop. vCPU threads report to it through an event channel.
+
+use std::io::{self, Read};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex};
+
+use kvm_ioctls::Kvm;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::terminal::Terminal;
+
+use crate::config::{SerialMode, VmConfig};
+use crate::control::{ControlClient, Line};
+use crate::devices::serial::{Console, ConsoleClients};
+use crate::devices::{lock, MachineRequest};
+use crate::machine::{Machine, MachineError};
+use crate::protocol::{
+    Command, Event, Reply, Request, RequestError, RunState, Stats, Status, StopReason,
+    PROTOCOL_VERSION,
+};
+use crate::vcpu::{install_kick_handler, EventSender, VcpuEvent};
+
+/// Exit status when the guest crashed and no client could be told.
+pub const EXIT_GUEST_CRASHED: i32 = 3;
+
+/// Errors that stop the worker before or while it runs.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Machine(#[from] MachineError),
+    #[error("cannot listen on {path}: {source}")]
+    Listen { path: PathBuf, source: io::Error },
+    #[error("{0} is in use by another running worker; pick another path or stop that worker")]
+    SocketInUse(PathBuf),
+    #[error("event loop failed: {0}")]
+    EventLoop(io::Error),
+}
+
+const TOKEN_WAKE: u64 = 0;
+const TOKEN_SIGNAL: u64 = 1;
+const TOKEN_CONTROL_LISTENER: u64 = 2;
+const TOKEN_SERIAL_LISTENER: u64 = 3;
+const TOKEN_STDIN: u64 = 4;
+const TOKEN_CONTROL_CLIENT: u64 = 1 << 32;
+const TOKEN_SERIAL_CLIENT: u64 = 2 << 32;
+const TOKEN_INDEX_MASK: u64 = (1 << 32) - 1;
+
+/// Ctrl-A, the escape key of the terminal console (as in QEMU): Ctrl-A x quits.
+const ESCAPE: u8 = 0x01;
+
+static SIGNAL_FD: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn on_terminate(_: libc::c_int) {
+    let fd = SIGNAL_FD.load(Ordering::Relaxed);
+    if fd >= 0 {
+        let one: u64 = 1;
+        // SAFETY: write(2) is async-signal-safe; `one` lives for the call.
+        unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
+    }
+}
+
+fn install_terminate_handlers(fd: &EventFd) -> io::Result<()> {
+    SIGNAL_FD.store(fd.as_raw_fd(), Ordering::Relaxed);
+    for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        // SAFETY: a zeroed sigaction is valid; the handler only calls write(2).
+        let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+        action.sa_sigaction = on_terminate as *const () as usize;
+        action.sa_flags = libc::SA_RESTART;
+        // SAFETY: `action` is initialised and outlives the call.
+        if unsafe { libc::sigaction(signal, &action, std::ptr::null_mut()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Binds a Unix socket, replacing a stale socket file but never a live one.
+fn bind_socket(path: &Path) -> Result<UnixListener, WorkerError> {
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            return Err(WorkerError::SocketInUse(path.to_path_buf()));
+        }
+        let _ = std::fs::remove_file(path);
+    }
+    let listener = UnixListener::bind(path).map_err(|source| WorkerError::Listen {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|source| WorkerError::Listen {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    Ok(listener)
+}
+
+/// Puts the terminal in raw mode for the console and restores it when dropped.
+struct RawTerminal;
+
+impl RawTerminal {
+    fn enable() -> Option<RawTerminal> {
+        let stdin = io::stdin();
+        // SAFETY: isatty only inspects the fd.
+        if unsafe { libc::isatty(stdin.as_raw_fd()) } != 1 {
+            return None;
+        }
+        stdin.lock().set_raw_mode().ok().map(|_| RawTerminal)
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        let _ = io::stdin().lock().set_canon_mode();
+    }
+}
+
+/// What the event loop decided.
+enum Flow {
+    Continue,
+    Exit(i32),
+}
+
+/// The worker: one VM, its clients, and the loop that serves them.
+pub struct Worker {
+    config: VmConfig,
+    kvm: Kvm,
+    machine: Machine,
+    state: RunState,
+    console: Console,
+    epoll: Epoll,
+    wake: Arc<EventFd>,
+    signal: EventFd,
+    events_tx: EventSender,
+    events_rx: Receiver<VcpuEvent>,
+    control_listener: Option<UnixListener>,
+    control_clients: Vec<Option<ControlClient>>,
+    serial_listener: Option<UnixListener>,
+    serial_clients: Vec<Option<UnixStream>>,
+    console_clients: Option<Arc<Mutex<ConsoleClients>>>,
+    stdin_open: bool,
+    escape_pending: bool,
+    _raw_terminal: Option<RawTerminal>,
+    socket_paths: Vec<PathBuf>,
+}
+
+impl Worker {
+    /// Sets up the sockets and builds the machine; nothing runs yet.
+    pub fn new(config: VmConfig) -> Result<Worker, WorkerError> {
+        let io_err = |source| WorkerError::EventLoop(source);
+        install_kick_handler().map_err(io_err)?;
+        let kvm = Kvm::new().map_err(MachineError::OpenKvm)?;
+        let epoll = Epoll::new().map_err(io_err)?;
+        let wake = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(io_err)?);
+        let signal = EventFd::new(libc::EFD_NONBLOCK).map_err(io_err)?;
+        install_terminate_handlers(&signal).map_err(io_err)?;
+        let (tx, events_rx) = mpsc::channel();
+        let events_tx = EventSender::new(tx, wake.clone());
+
+        let mut socket_paths = Vec::new();
+        let control_listener = match &config.control {
+            Some(path) => {
+                let listener = bind_socket(path)?;
+                socket_paths.push(path.clone());
+                Some(listener)
+            }
+            None => None,
+        };
+        let mut console_clients = None;
+        let mut serial_listener = None;
+        let mut raw_terminal = None;
+        let console = match &config.serial {
+            SerialMode::Stdio => {
+                raw_terminal = RawTerminal::enable();
+                Console::Stdout
+            }
+            SerialMode::None => Console::Discard,
+            SerialMode::Unix(path) => {
+                serial_listener = Some(bind_socket(path)?);
+                socket_paths.push(path.clone());
+                let clients = Arc::new(Mutex::new(ConsoleClients::default()));
+                console_clients = Some(clients.clone());
+                Console::Clients(clients)
+            }
+        };
+
+        let machine = Machine::build(&kvm, &config, console.clone())?;
+        let worker = Worker {
+            stdin_open: config.serial == SerialMode::Stdio,
+            config,
+            kvm,
+            machine,
+            state: RunState::Running,
+            console,
+            epoll,
+            wake,
+            signal,
+            events_tx,
+            events_rx,
+            control_listener,
+            control_clients: Vec::new(),
+            serial_listener,
+            serial_clients: Vec::new(),
+            console_clients,
+            escape_pending: false,
+            _raw_terminal: raw_terminal,
+            socket_paths,
+        };
+        worker.register_fds().map_err(io_err)?;
+        Ok(worker)
+    }
+
+    fn add_fd(&self, fd: i32, token: u64) -> io::Result<()> {
+        self.epoll.ctl(
+            ControlOperation::Add,
+            fd,
+            EpollEvent::new(EventSet::IN, token),
+        )
+    }
+
+    fn register_fds(&self) -> io::Result<()> {
+        self.add_fd(self.wake.as_raw_fd(), TOKEN_WAKE)?;
+        self.add_fd(self.signal.as_raw_fd(), TOKEN_SIGNAL)?;
+        if let Some(listener) = &self.control_listener {
+            self.add_fd(listener.as_raw_fd(), TOKEN_CONTROL_LISTENER)?;
+        }
+        if let Some(listener) = &self.serial_listener {
+            self.add_fd(listener.as_raw_fd(), TOKEN_SERIAL_LISTENER)?;
+        }
+        if self.stdin_open {
+            // Fails for a regular file or /dev/null on stdin; then there is no console input.
+            if self.add_fd(libc::STDIN_FILENO, TOKEN_STDIN).is_err() {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the machine until it powers off or is killed. Returns the process exit status.
+    pub fn run(mut self) -> Result<i32, WorkerError> {
+        self.machine.start(&self.events_tx)?;
+        let mut events = vec![EpollEvent::default(); 32];
+        loop {
+            let count = match self.epoll.wait(-1, &mut events) {
+                Ok(count) => count,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => return Err(WorkerError::EventLoop(err)),
+            };
+            for event in &events[..count] {
+                if let Flow::Exit(code) = self.dispatch(event.data(), event.event_set())? {
+                    self.finish();
+                    return Ok(code);
+                }
+            }
+            self.reap_clients();
+        }
+    }
+
+    fn dispatch(&mut self, token: u64, set: EventSet) -> Result<Flow, WorkerError> {
+        match token {
+            TOKEN_WAKE => {
+                let _ = self.wake.read();
+                while let Ok(event) = self.events_rx.try_recv() {
+                    if let Flow::Exit(code) = self.on_vcpu_event(event)? {
+                        return Ok(Flow::Exit(code));
+                    }
+                }
+                Ok(Flow::Continue)
+            }
+            TOKEN_SIGNAL => {
+                let _ = self.signal.read();
+                self.broadcast(&Event::Shutdown {
+                    reason: StopReason::Killed,
+                });
+                Ok(Flow::Exit(0))
+            }
+            TOKEN_CONTROL_LISTENER => {
+                self.accept_control_clients();
+                Ok(Flow::Continue)
+            }
+            TOKEN_SERIAL_LISTENER => {
+                self.accept_serial_clients();
+                Ok(Flow::Continue)
+            }
+            TOKEN_STDIN => Ok(self.read_stdin()),
+            _ if token & !TOKEN_INDEX_MASK == TOKEN_CONTROL_CLIENT => {
+                let index = (token & TOKEN_INDEX_MASK) as usize;
+                self.serve_control_client(index, set)
+            }
+            _ if token & !TOKEN_INDEX_MASK == TOKEN_SERIAL_CLIENT => {
+                self.read_serial_client((token & TOKEN_INDEX_MASK) as usize);
+                Ok(Flow::Continue)
+            }
+            _ => Ok(Flow::Continue),
+        }
+    }
+
+    fn on_vcpu_event(&mut self, event: VcpuEvent) -> Result<Flow, WorkerError> {
+        match event {
+            VcpuEvent::Request(MachineRequest::Poweroff) => {
+                self.stop_machine(StopReason::GuestPoweroff);
+                Ok(Flow::Exit(0))
+            }
+            VcpuEvent::Request(MachineRequest::Reset) if self.config.no_reboot => {
+                self.stop_machine(StopReason::GuestReset);
+                Ok(Flow::Exit(0))
+            }
+            VcpuEvent::Request(MachineRequest::Reset) => {
+                self.reset(StopReason::GuestReset)?;
+                Ok(Flow::Continue)
+            }
+            VcpuEvent::Crashed { vcpu, reason } => {
+                if self.state == RunState::Crashed {
+                    return Ok(Flow::Continue);
+                }
+                self.machine.pause();
+                self.set_state(RunState::Crashed);
+                self.broadcast(&Event::GuestPanic {
+                    reason: reason.clone(),
+                    vcpu,
+                });
+                if self.control_listener.is_none() {
+                    eprintln!("hangar-vmm: the guest crashed on vCPU {vcpu} ({reason}); stopping");
+                    return Ok(Flow::Exit(EXIT_GUEST_CRASHED));
+                }
+                Ok(Flow::Continue)
+            }
+        }
+    }
+
+    fn stop_machine(&mut self, reason: StopReason) {
+        self.machine.stop();
+        self.set_state(RunState::Shutoff);
+        self.broadcast(&Event::Shutdown { reason });
+    }
+
+    /// Replaces the machine with a fresh boot of the same configuration.
+    fn reset(&mut self, reason: StopReason) -> Result<(), WorkerError> {
+        self.machine.stop();
+        // Drain events of the old machine so they cannot act on the new one.
+        while self.events_rx.try_recv().is_ok() {}
+        self.machine = Machine::build(&self.kvm, &self.config, self.console.clone())?;
+        self.machine.start(&self.events_tx)?;
+        self.broadcast(&Event::Reset { reason });
+        self.set_state(RunState::Running);
+        Ok(())
+    }
+
+    fn set_state(&mut self, state: RunState) {
+        if self.state != state {
+            self.state = state;
+            self.broadcast(&Event::State { state });
+        }
+    }
+
+    fn broadcast(&mut self, event: &Event) {
+        for client in self.control_clients.iter_mut().flatten() {
+            client.send(event);
+        }
+    }
+
+    fn accept_control_clients(&mut self) {
+        let Some(listener) = &self.control_listener else {
+            return;
+        };
+        let mut accepted = Vec::new();
+        while let Ok((stream, _)) = listener.accept() {
+            if let Ok(client) = ControlClient::new(stream) {
+                accepted.push(client);
+            }
+        }
+        for mut client in accepted {
+            let slot = self.free_slot_control();
+            let token = TOKEN_CONTROL_CLIENT | slot as u64;
+            if self.add_fd(client.stream.as_raw_fd(), token).is_err() {
+                continue;
+            }
+            client.send(&Event::Hello {
+                version: PROTOCOL_VERSION,
+                vmm: concat!("hangar-vmm ", env!("CARGO_PKG_VERSION")).to_string(),
+            });
+            self.control_clients[slot] = Some(client);
+        }
+    }
+
+    fn free_slot_control(&mut self) -> usize {
+        match self.control_clients.iter().position(Option::is_none) {
+            Some(slot) => slot,
+            None => {
+                self.control_clients.push(None);
+                self.control_clients.len() - 1
+            }
+        }
+    }
+
+    fn serve_control_client(&mut self, index: usize, set: EventSet) -> Result<Flow, WorkerError> {
+        let Some(Some(client)) = self.control_clients.get_mut(index) else {
+            return Ok(Flow::Continue);
+        };
+        if set.contains(EventSet::OUT) {
+            client.flush();
+        }
+        let lines = client.read_lines();
+        for line in lines {
+            let (reply, flow) = match line {
+                Line::TooLong => (Reply::error(None, RequestError::TooLong), Flow::Continue),
+                Line::Complete(bytes) => match Request::parse(&bytes) {
+                    Ok(request) => self.execute(request)?,
+                    Err((id, err)) => (Reply::error(id, err), Flow::Continue),
+                },
+            };
+            if let Some(Some(client)) = self.control_clients.get_mut(index) {
+                client.send(&reply);
+            }
+            if let Flow::Exit(code) = flow {
+                return Ok(Flow::Exit(code));
+            }
+        }
+        self.update_write_interest(index);
+        Ok(Flow::Continue)
+    }
+
+    fn update_write_interest(&self, index: usize) {
+        if let Some(Some(client)) = self.control_clients.get(index) {
+            let mut set = EventSet::IN;
+            if client.wants_write() {
+                set |= EventSet::OUT;
+            }
+            let token = TOKEN_CONTROL_CLIENT | index as u64;
+            let _ = self.epoll.ctl(
+                ControlOperation::Modify,
+                client.stream.as_raw_fd(),
+                EpollEvent::new(set, token),
+            );
+        }
+    }
+
+    fn execute(&mut self, request: Request) -> Result<(Reply, Flow), WorkerError> {
+        let id = request.id;
+        let not_while_crashed = "the guest has crashed; reset or kill it";
+        let reply = match request.command {
+            Command::Status => Reply::ok(id, self.status()),
+            Command::Stats => Reply::ok(
+                id,
+                Stats {
+                    state: self.state,
+                    memory_bytes: self.machine.memory_bytes(),
+                    vcpus: self.machine.vcpu_stats(),
+                },
+            ),
+            Command::Pause => match self.state {
+                RunState::Running if self.machine.pause() => {
+                    self.set_state(RunState::Paused);
+                    Reply::ok(id, serde_json::json!({"state": self.state}))
+                }
+                RunState::Running => {
+                    self.machine.resume();
+                    Reply::error(id, "a vCPU did not stop within 5 s; the VM keeps running")
+                }
+                RunState::Paused => Reply::ok(id, serde_json::json!({"state": self.state})),
+                _ => Reply::error(id, not_while_crashed),
+            },
+            Command::Resume => match self.state {
+                RunState::Paused => {
+                    self.machine.resume();
+                    self.set_state(RunState::Running);
+                    Reply::ok(id, serde_json::json!({"state": self.state}))
+                }
+                RunState::Running => Reply::ok(id, serde_json::json!({"state": self.state})),
+                _ => Reply::error(id, not_while_crashed),
+            },
+            Command::Powerdown => match self.state {
+                RunState::Running => {
+                    self.machine.press_power_button();
+                    Reply::ok(id, serde_json::json!({}))
+                }
+                RunState::Paused => Reply::error(
+                    id,
+                    "the VM is paused and cannot react to the power button; resume it first",
+                ),
+                _ => Reply::error(id, not_while_crashed),
+            },
+            Command::Reset => {
+                self.reset(StopReason::HostReset)?;
+                Reply::ok(id, serde_json::json!({"state": self.state}))
+            }
+            Command::Kill => {
+                self.stop_machine(StopReason::Killed);
+                return Ok((Reply::ok(id, serde_json::json!({})), Flow::Exit(0)));
+            }
+        };
+        Ok((reply, Flow::Continue))
+    }
+
+    fn status(&self) -> Status {
+        Status {
+            version: PROTOCOL_VERSION,
+            state: self.state,
+            vcpus: self.config.vcpus,
+            memory_bytes: self.config.memory,
+            kernel: self.config.kernel.display().to_string(),
+            uptime_ms: self.machine.uptime().as_millis() as u64,
+            pid: std::process::id(),
+        }
+    }
+
+    fn accept_serial_clients(&mut self) {
+        let (Some(listener), Some(clients)) = (&self.serial_listener, &self.console_clients) else {
+            return;
+        };
+        let mut accepted = Vec::new();
+        while let Ok((stream, _)) = listener.accept() {
+            let Ok(writer) = stream.try_clone() else {
+                continue;
+            };
+            if stream.set_nonblocking(true).is_err() {
+                continue;
+            }
+            lock(clients).add(writer);
+            accepted.push(stream);
+        }
+        for stream in accepted {
+            let slot = match self.serial_clients.iter().position(Option::is_none) {
+                Some(slot) => slot,
+                None => {
+                    self.serial_clients.push(None);
+                    self.serial_clients.len() - 1
+                }
+            };
+            if self
+                .add_fd(stream.as_raw_fd(), TOKEN_SERIAL_CLIENT | slot as u64)
+                .is_ok()
+            {
+                self.serial_clients[slot] = Some(stream);
+            }
+        }
+    }
+
+    fn read_serial_client(&mut self, index: usize) {
+        let Some(Some(stream)) = self.serial_clients.get_mut(index) else {
+            return;
+        };
+        let mut buf = [0u8; 4096];
+        match stream.read(&mut buf) {
+            Ok(0) => {
+                let _ = self.epoll.ctl(
+                    ControlOperation::Delete,
+                    stream.as_raw_fd(),
+                    EpollEvent::default(),
+                );
+                self.serial_clients[index] = None;
+            }
+            Ok(n) => self.machine.send_serial_input(&buf[..n]),
+            Err(_) => {}
+        }
+    }
+
+    fn read_stdin(&mut self) -> Flow {
+        let mut buf = [0u8; 1024];
+        let n = match io::stdin().lock().read(&mut buf) {
+            Ok(n) => n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => return Flow::Continue,
+            Err(_) => 0,
+        };
+        if n == 0 {
+            let _ = self.epoll.ctl(
+                ControlOperation::Delete,
+                libc::STDIN_FILENO,
+                EpollEvent::default(),
+            );
+            self.stdin_open = false;
+            return Flow::Continue;
+        }
+        if self._raw_terminal.is_none() {
+            self.machine.send_serial_input(&buf[..n]);
+            return Flow::Continue;
+        }
+        // On a terminal, Ctrl-A x quits and Ctrl-A Ctrl-A sends a literal Ctrl-A.
+        let mut input = Vec::with_capacity(n);
+        for &byte in &buf[..n] {
+            if std::mem::take(&mut self.escape_pending) {
+                match byte {
+                    b'x' | b'X' => {
+                        self.machine.send_serial_input(&input);
+                        self.stop_machine(StopReason::Killed);
+                        return Flow::Exit(0);
+                    }
+                    ESCAPE => input.push(ESCAPE),
+                    _ => input.extend_from_slice(&[ESCAPE, byte]),
+                }
+            } else if byte == ESCAPE {
+                self.escape_pending = true;
+            } else {
+                input.push(byte);
+            }
+        }
+        self.machine.send_serial_input(&input);
+        Flow::Continue
+    }
+
+    fn reap_clients(&mut self) {
+        for slot in self.control_clients.iter_mut() {
+            if slot.as_ref().is_some_and(|c| c.closed) {
+                if let Some(client) = slot.take() {
+                    let _ = self.epoll.ctl(
+                        ControlOperation::Delete,
+                        client.stream.as_raw_fd(),
+                        EpollEvent::default(),
+                    );
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        self.machine.stop();
+        for client in self.control_clients.iter_mut().flatten() {
+            client.flush_before_exit();
+        }
+        for path in &self.socket_paths {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
