@@ -1,0 +1,151 @@
+//! Stock Debian kernels (cloud-amd64 and amd64) with a busybox initramfs, 2 vCPUs, 256 MiB.
+//!
+//! With hardware virtualization (VT-x/AMD-V) the worker runs directly on /dev/kvm. On a kvm_pvm
+//! host, where guests are only emulated, this test re-runs itself inside the nested lab
+//! (tests/lab: QEMU TCG with an emulated SVM, real kvm_amd inside). It says which it does.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use support::*;
+
+const KERNELS: [&str; 2] = ["cloud-amd64", "amd64"];
+
+fn kvm_kind() -> String {
+    let output = Command::new(repo_root().join("tests/lab/kvm-kind"))
+        .output()
+        .expect("run tests/lab/kvm-kind");
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+/// Builds (or finds in the cache) the Debian kernels and initramfs images.
+fn guest_kit() -> PathBuf {
+    let output = Command::new(repo_root().join("tests/guests/build"))
+        .arg("all")
+        .output()
+        .expect("run tests/guests/build");
+    assert!(
+        output.status.success(),
+        "tests/guests/build all failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let cache = std::env::var("HANGAR_GUEST_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/hangar/guests")
+        });
+    assert!(
+        cache.join("vmlinuz-amd64").is_file(),
+        "no kernel in {}",
+        cache.display()
+    );
+    cache
+}
+
+fn boot_and_check(cache: &std::path::Path, flavor: &str) {
+    let kernel = cache
+        .join(format!("vmlinuz-{flavor}"))
+        .display()
+        .to_string();
+    let initrd = cache
+        .join(format!("initrd-{flavor}.img"))
+        .display()
+        .to_string();
+    println!("== booting Debian {flavor} kernel: 2 vCPUs, 256 MiB");
+    let mut vmm = Vmm::start(
+        &[
+            "--kernel",
+            &kernel,
+            "--initrd",
+            &initrd,
+            "--cpus",
+            "2",
+            "--memory",
+            "256M",
+            "--cmdline",
+            "console=ttyS0 panic=-1 hangar.test=poweroff",
+            "--no-reboot",
+        ],
+        true,
+    );
+    let boot = Duration::from_secs(240);
+    let banner = vmm.expect("Linux version", boot);
+    println!("{banner}");
+    vmm.expect("HANGAR-INIT-START", boot);
+    let cpus = vmm.expect("cpus=", boot);
+    assert_eq!(cpus.trim(), "cpus=2", "the guest must see both vCPUs");
+    let date = vmm.expect("date_epoch=", boot);
+    let guest: i64 = date
+        .trim()
+        .trim_start_matches("date_epoch=")
+        .parse()
+        .unwrap();
+    let host = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(
+        (host - guest).abs() <= 5,
+        "guest clock is {} s off the host's",
+        host - guest
+    );
+    vmm.expect("HANGAR-INIT-DONE", boot);
+    let status = vmm.wait(boot);
+    assert!(
+        status.success(),
+        "poweroff -f must make the worker exit 0, got {status}"
+    );
+    println!("== {flavor}: banner, /init, 2 CPUs, clock, poweroff: ok");
+}
+
+#[test]
+fn debian_kernels_boot_with_two_vcpus_and_power_off() {
+    let inside_lab = std::env::var_os("HANGAR_IN_LAB").is_some();
+    let kind = if inside_lab {
+        "lab".to_string()
+    } else {
+        kvm_kind()
+    };
+    match kind.as_str() {
+        "hardware" | "lab" => {
+            if inside_lab {
+                println!("Linux guests: inside the nested lab, on its kvm_amd");
+            } else {
+                println!("Linux guests: hardware-accelerated /dev/kvm, running directly");
+            }
+            require_kvm();
+            let cache = guest_kit();
+            for flavor in KERNELS {
+                boot_and_check(&cache, flavor);
+            }
+        }
+        "pvm" => {
+            println!(
+                "Linux guests: /dev/kvm is kvm_pvm (no VT-x/AMD-V; guests only emulated), so they run in the nested lab"
+            );
+            guest_kit();
+            let me = std::env::current_exe().unwrap();
+            let status = Command::new(repo_root().join("tests/lab/run"))
+                .args(["--timeout", "1500", "--env", "HANGAR_IN_LAB=1", "--"])
+                .arg(me)
+                .args([
+                    "debian_kernels_boot_with_two_vcpus_and_power_off",
+                    "--exact",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .status()
+                .expect("run tests/lab/run");
+            assert!(
+                status.success(),
+                "the Linux guest checks failed inside the lab: {status}"
+            );
+        }
+        other => {
+            panic!("no usable KVM on this machine ({other}); the Linux guest tests need /dev/kvm")
+        }
+    }
+}
