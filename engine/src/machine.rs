@@ -147,8 +147,11 @@ impl Machine {
         let i8042 = Arc::new(Mutex::new(I8042::default()));
         let mut bus = PioBus::default();
         bus.insert(COM1_PORT, 8, serial.clone());
-        bus.insert(I8042_DATA_PORT, 1, i8042.clone());
-        bus.insert(I8042_COMMAND_PORT, 1, i8042);
+        bus.insert(
+            I8042_DATA_PORT,
+            I8042_COMMAND_PORT - I8042_DATA_PORT + 1,
+            i8042,
+        );
         bus.insert(CMOS_PORT, 2, Arc::new(Mutex::new(Cmos::default())));
         bus.insert(PM1A_EVT_PORT, 6, pm.clone());
         bus.insert(RESET_PORT, 1, Arc::new(Mutex::new(ResetControl::default())));

@@ -13,7 +13,7 @@ use hangar_engine::worker::Worker;
 
 /// Run one virtual machine on KVM. On a terminal, press Ctrl-A x to quit.
 #[derive(Parser, Debug)]
-#[command(name = "hangar-vmm", version)]
+#[command(name = "hangar-vmm", version, args_override_self = true)]
 struct Args {
     /// Linux kernel: a bzImage, or an ELF vmlinux (PVH entry if it has one).
     #[arg(long)]

@@ -19,7 +19,11 @@ const CMD_WRITE_OUTPUT_PORT: u8 = 0xd1;
 const CMD_PULSE_RESET: u8 = 0xfe;
 const SELF_TEST_OK: u8 = 0x55;
 
-/// The controller. Offsets: 0 = data port (0x60), 4 = status/command port (0x64).
+/// Offsets of the data port (0x60) and the status/command port (0x64) in the device's range.
+const DATA_OFFSET: u16 = 0;
+const COMMAND_OFFSET: u16 = 4;
+
+/// The controller, on ports 0x60..=0x64.
 #[derive(Default)]
 pub struct I8042 {
     config: u8,
@@ -58,8 +62,8 @@ impl PioDevice for I8042 {
     fn read(&mut self, offset: u16, data: &mut [u8]) {
         data.fill(0);
         data[0] = match offset {
-            0 => self.output.take().unwrap_or(0),
-            _ => {
+            DATA_OFFSET => self.output.take().unwrap_or(0),
+            COMMAND_OFFSET => {
                 let mut status = STATUS_IDLE;
                 if self.output.is_some() {
                     status |= STATUS_OBF;
@@ -69,13 +73,16 @@ impl PioDevice for I8042 {
                 }
                 status
             }
+            // Ports between the two belong to other chips (0x61 is the PIT's, in KVM).
+            _ => 0xff,
         };
     }
 
     fn write(&mut self, offset: u16, data: &[u8]) -> Option<MachineRequest> {
         match offset {
-            0 => self.data(data[0]),
-            _ => self.command(data[0]),
+            DATA_OFFSET => self.data(data[0]),
+            COMMAND_OFFSET => self.command(data[0]),
+            _ => None,
         }
     }
 }
