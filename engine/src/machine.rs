@@ -68,6 +68,41 @@ impl InterruptLine for KvmIrqLine {
     }
 }
 
+/// What [`Machine::build_on`] prepares besides guest RAM.
+struct MachineParts {
+    vcpus: Vec<VcpuFd>,
+    bus: PioBus,
+    serial: Arc<Mutex<SerialPort>>,
+    pm: Arc<Mutex<PowerManagement>>,
+}
+
+/// Tells KVM where guest RAM is, one memory slot per region.
+fn register_memory(vm: &VmFd, memory: &GuestMemoryMmap) -> Result<(), MachineError> {
+    for (slot, region) in memory.iter().enumerate() {
+        let host = region
+            .get_host_address(vm_memory::MemoryRegionAddress(0))
+            .map_err(|err| {
+                MachineError::Memory(MemoryError::Map {
+                    size: region.len(),
+                    reason: err.to_string(),
+                })
+            })?;
+        let mapping = kvm_userspace_memory_region {
+            slot: slot as u32,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: host as u64,
+            flags: 0,
+        };
+        // SAFETY: the mapping belongs to the machine's guest memory, which the Machine owns and
+        // keeps alive as long as the VM (the VM fd is dropped first, see the field order).
+        kvm_step("map guest RAM", unsafe {
+            vm.set_user_memory_region(mapping)
+        })?;
+    }
+    Ok(())
+}
+
 /// A built machine, before or after its vCPUs start.
 pub struct Machine {
     // Field order is drop order: vCPUs go first, then devices, the VM and memory.
@@ -94,27 +129,38 @@ impl Machine {
         kvm_step("create the in-kernel PIT", vm.create_pit2(pit))?;
 
         let memory = memory::create_guest_memory(config.memory)?;
-        for (slot, region) in memory.iter().enumerate() {
-            let host = region
-                .get_host_address(vm_memory::MemoryRegionAddress(0))
-                .map_err(|err| MachineError::Acpi(err.to_string()))?;
-            let mapping = kvm_userspace_memory_region {
-                slot: slot as u32,
-                guest_phys_addr: region.start_addr().0,
-                memory_size: region.len(),
-                userspace_addr: host as u64,
-                flags: 0,
-            };
-            // SAFETY: the mapping belongs to `memory`, which this Machine owns and keeps alive
-            // as long as the VM (the VM fd is dropped first, see the field order).
-            kvm_step("map guest RAM", unsafe {
-                vm.set_user_memory_region(mapping)
-            })?;
-        }
+        // Registering RAM with KVM is the slowest step of start-up (it grows with the RAM size),
+        // so it runs beside the kernel loading and vCPU set-up, which do not need it.
+        std::thread::scope(|scope| {
+            let slots = scope.spawn(|| register_memory(&vm, &memory));
+            let built = Self::build_on(kvm, config, console, vm.clone(), &memory);
+            let slots = slots
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            slots.and(built)
+        })
+        .map(|parts| Machine {
+            vcpus: None,
+            pending_vcpus: parts.vcpus,
+            bus: Arc::new(parts.bus),
+            serial: parts.serial,
+            pm: parts.pm,
+            _vm: vm,
+            memory,
+            booted: Instant::now(),
+        })
+    }
 
-        let kernel = boot::load_kernel(&memory, &config.kernel)?;
+    fn build_on(
+        kvm: &Kvm,
+        config: &VmConfig,
+        console: Console,
+        vm: Arc<VmFd>,
+        memory: &GuestMemoryMmap,
+    ) -> Result<MachineParts, MachineError> {
+        let kernel = boot::load_kernel(memory, &config.kernel)?;
         let initrd = match &config.initrd {
-            Some(path) => Some(boot::load_initrd(&memory, path, &kernel)?),
+            Some(path) => Some(boot::load_initrd(memory, path, &kernel)?),
             None => None,
         };
         boot::write_cmdline(&memory, &config.cmdline)?;
@@ -160,22 +206,22 @@ impl Machine {
             "report its CPUID",
             kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES),
         )?;
+        let host = cpuid::HostCpu {
+            tsc_deadline: kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer),
+            brand: cpuid::HostCpu::brand_from_host(),
+        };
         let mut pending_vcpus = Vec::new();
         for id in 0..config.vcpus {
             let vcpu = kvm_step("create a vCPU", vm.create_vcpu(u64::from(id)))?;
-            configure_vcpu(&vcpu, &memory, &kernel, id, config.vcpus, &supported)?;
+            configure_vcpu(&vcpu, memory, &kernel, id, config.vcpus, &supported, &host)?;
             pending_vcpus.push(vcpu);
         }
 
-        Ok(Machine {
-            vcpus: None,
-            pending_vcpus,
-            bus: Arc::new(bus),
+        Ok(MachineParts {
+            vcpus: pending_vcpus,
+            bus,
             serial,
             pm,
-            _vm: vm,
-            memory,
-            booted: Instant::now(),
         })
     }
 
@@ -251,9 +297,10 @@ fn configure_vcpu(
     id: u8,
     count: u8,
     supported: &kvm_bindings::CpuId,
+    host: &cpuid::HostCpu,
 ) -> Result<(), MachineError> {
     let mut cpuid = supported.clone();
-    cpuid::filter_cpuid(cpuid.as_mut_slice(), id, count);
+    cpuid::filter_cpuid(cpuid.as_mut_slice(), id, count, host);
     kvm_step("accept the vCPU's CPUID", vcpu.set_cpuid2(&cpuid))?;
 
     let entries = msr::boot_msrs();

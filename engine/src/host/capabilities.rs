@@ -1,7 +1,7 @@
 //! What this host can do: KVM and how it is backed, CPUs, memory, and the helper programs
 //! (`passt`, `qemu-img`). Clients show it; `hangard` refuses with it what cannot work.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -67,7 +67,11 @@ fn mem_total(meminfo: &str) -> u64 {
 /// Decides the acceleration from what the host reports.
 fn classify(kvm_usable: bool, cpu_has_flag: bool, modules: &[String]) -> Acceleration {
     let vendor = modules.iter().any(|m| m == "kvm_intel" || m == "kvm_amd");
-    match (kvm_usable, cpu_has_flag && vendor, modules.iter().any(|m| m == "kvm_pvm")) {
+    match (
+        kvm_usable,
+        cpu_has_flag && vendor,
+        modules.iter().any(|m| m == "kvm_pvm"),
+    ) {
         (false, _, _) => Acceleration::None,
         (true, true, _) => Acceleration::Hardware,
         (true, false, true) => Acceleration::Emulated,
@@ -78,7 +82,11 @@ fn classify(kvm_usable: bool, cpu_has_flag: bool, modules: &[String]) -> Acceler
 }
 
 fn kvm_problem() -> String {
-    match std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
         Ok(_) => String::new(),
         Err(err) => match err.kind() {
             std::io::ErrorKind::NotFound => {
@@ -102,7 +110,13 @@ impl HostCapabilities {
         let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
         let problem = kvm_problem();
         let kvm_usable = problem.is_empty();
-        let modules = kvm_modules(&read("/proc/modules"));
+        let mut modules = kvm_modules(&read("/proc/modules"));
+        // Containers often lack /proc/modules; /sys/module lists loaded and built-in modules.
+        for name in ["kvm_intel", "kvm_amd", "kvm_pvm"] {
+            if !modules.iter().any(|m| m == name) && Path::new("/sys/module").join(name).exists() {
+                modules.push(name.to_string());
+            }
+        }
         let acceleration = classify(
             kvm_usable,
             has_virtualization_flag(&read("/proc/cpuinfo")),
@@ -140,16 +154,28 @@ mod tests {
     fn modules_and_memory_parse() {
         let modules = "kvm_pvm 73728 0 - Live 0x0\nkvm 1142784 1 kvm_pvm, Live 0x0\n";
         assert_eq!(kvm_modules(modules), ["kvm_pvm"]);
-        assert_eq!(mem_total("MemTotal:        8000000 kB\nMemFree: 1 kB\n"), 8_192_000_000);
+        assert_eq!(
+            mem_total("MemTotal:        8000000 kB\nMemFree: 1 kB\n"),
+            8_192_000_000
+        );
         assert_eq!(mem_total(""), 0);
     }
 
     #[test]
     fn acceleration_is_classified() {
         let m = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(classify(true, true, &m(&["kvm_intel"])), Acceleration::Hardware);
-        assert_eq!(classify(true, false, &m(&["kvm_pvm"])), Acceleration::Emulated);
-        assert_eq!(classify(true, true, &m(&["kvm_pvm"])), Acceleration::Emulated);
+        assert_eq!(
+            classify(true, true, &m(&["kvm_intel"])),
+            Acceleration::Hardware
+        );
+        assert_eq!(
+            classify(true, false, &m(&["kvm_pvm"])),
+            Acceleration::Emulated
+        );
+        assert_eq!(
+            classify(true, true, &m(&["kvm_pvm"])),
+            Acceleration::Emulated
+        );
         assert_eq!(classify(false, true, &m(&["kvm_amd"])), Acceleration::None);
     }
 

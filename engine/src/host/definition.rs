@@ -76,7 +76,8 @@ impl FromStr for Uuid {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let bad = || format!("{text:?} is not a UUID (expected xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)");
+        let bad =
+            || format!("{text:?} is not a UUID (expected xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)");
         let groups: Vec<&str> = text.split('-').collect();
         let lengths: Vec<usize> = groups.iter().map(|g| g.len()).collect();
         if lengths != [8, 4, 4, 4, 12] {
@@ -374,9 +375,7 @@ pub fn validate_name(name: &str) -> Result<(), String> {
         return Err("the name is empty; give the VM a name".into());
     }
     if name.len() > MAX_NAME_LEN {
-        return Err(format!(
-            "{name:?} is longer than {MAX_NAME_LEN} characters"
-        ));
+        return Err(format!("{name:?} is longer than {MAX_NAME_LEN} characters"));
     }
     if let Some(bad) = name
         .chars()
@@ -451,8 +450,14 @@ mod tests {
 
     #[test]
     fn errors_name_the_field() {
-        assert_eq!(field_of(r#"{"name":"a","kernel":"/k","memory":0}"#), "memory");
-        assert_eq!(field_of(r#"{"name":"a","kernel":"/k","memory":"16385K"}"#), "memory");
+        assert_eq!(
+            field_of(r#"{"name":"a","kernel":"/k","memory":0}"#),
+            "memory"
+        );
+        assert_eq!(
+            field_of(r#"{"name":"a","kernel":"/k","memory":"16385K"}"#),
+            "memory"
+        );
         assert_eq!(field_of(r#"{"name":"a","kernel":"/k","vcpus":0}"#), "vcpus");
         assert_eq!(field_of(r#"{"name":"a","kernel":"k"}"#), "kernel");
         assert_eq!(field_of(r#"{"name":"a/b","kernel":"/k"}"#), "name");
@@ -476,8 +481,8 @@ mod tests {
     fn bad_json_and_unknown_fields_are_refused_by_name() {
         let err = VmDefinition::from_json("{\"name\":").unwrap_err();
         assert!(matches!(err, DefinitionError::Json(_)), "{err}");
-        let err = VmDefinition::from_json(r#"{"name":"a","kernel":"/k","memroy":"1G"}"#)
-            .unwrap_err();
+        let err =
+            VmDefinition::from_json(r#"{"name":"a","kernel":"/k","memroy":"1G"}"#).unwrap_err();
         assert!(err.to_string().contains("memroy"), "{err}");
         let err = VmDefinition::from_json(r#"{"name":"a"}"#).unwrap_err();
         assert!(err.to_string().contains("kernel"), "{err}");
@@ -488,17 +493,30 @@ mod tests {
         for good in ["web", "debian-tiny", "a.b_c+d@e:1", "X"] {
             assert!(validate_name(good).is_ok(), "{good}");
         }
-        for bad in ["", "a/b", "..", "a..b", ".hidden", "-x", "with space", "é", &"x".repeat(65)] {
+        for bad in [
+            "",
+            "a/b",
+            "..",
+            "a..b",
+            ".hidden",
+            "-x",
+            "with space",
+            "é",
+            &"x".repeat(65),
+        ] {
             assert!(validate_name(bad).is_err(), "{bad:?}");
         }
     }
 
     #[test]
     fn missing_files_are_named() {
-        let def = VmDefinition::from_json(r#"{"name":"a","kernel":"/nonexistent/vmlinuz"}"#)
-            .unwrap();
+        let def =
+            VmDefinition::from_json(r#"{"name":"a","kernel":"/nonexistent/vmlinuz"}"#).unwrap();
         let err = def.check_files().unwrap_err().to_string();
-        assert!(err.contains("kernel") && err.contains("/nonexistent/vmlinuz"), "{err}");
+        assert!(
+            err.contains("kernel") && err.contains("/nonexistent/vmlinuz"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -509,6 +527,8 @@ mod tests {
         assert_eq!(&text[14..15], "4");
         assert_eq!(text.parse::<Uuid>().unwrap(), uuid);
         assert!("not-a-uuid".parse::<Uuid>().is_err());
-        assert!("zzzzzzzz-zzzz-zzzz-zzzz-zzzzzzzzzzzz".parse::<Uuid>().is_err());
+        assert!("zzzzzzzz-zzzz-zzzz-zzzz-zzzzzzzzzzzz"
+            .parse::<Uuid>()
+            .is_err());
     }
 }

@@ -113,7 +113,9 @@ pub fn validate_volume_name(name: &str) -> Result<(), String> {
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || "-_.+@:".contains(*c)))
     {
-        return Err(format!("contains {bad:?}; use letters, digits and - _ . + @ :"));
+        return Err(format!(
+            "contains {bad:?}; use letters, digits and - _ . + @ :"
+        ));
     }
     Ok(())
 }
@@ -251,9 +253,7 @@ impl StoragePool {
     pub fn info(&self, name: &str) -> Result<Volume, StorageError> {
         let path = self.existing(name)?;
         let mut command = qemu_img()?;
-        command
-            .args(["info", "--output=json", "-U"])
-            .arg(&path);
+        command.args(["info", "--output=json", "-U"]).arg(&path);
         let output = run(command, "info", name)?;
         parse_info(name, &path, &output)
     }
@@ -313,7 +313,8 @@ pub fn find_in_path(program: &str) -> Option<PathBuf> {
         .map(|dir| dir.join(program))
         .find(|candidate| {
             use std::os::unix::fs::PermissionsExt;
-            fs::metadata(candidate).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            fs::metadata(candidate)
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
         })
 }
 
@@ -326,7 +327,17 @@ mod tests {
         for good in ["disk.qcow2", "debian-tiny.qcow2", "a", "x_1+2@3:4"] {
             assert!(validate_volume_name(good).is_ok(), "{good}");
         }
-        for bad in ["", "a/b", "/etc/passwd", "..", "../x", "x..y", ".hidden", "-f", "sp ace"] {
+        for bad in [
+            "",
+            "a/b",
+            "/etc/passwd",
+            "..",
+            "../x",
+            "x..y",
+            ".hidden",
+            "-f",
+            "sp ace",
+        ] {
             assert!(validate_volume_name(bad).is_err(), "{bad:?}");
         }
     }
@@ -345,7 +356,10 @@ mod tests {
 
     #[test]
     fn formats_parse() {
-        assert_eq!("qcow2".parse::<VolumeFormat>().unwrap(), VolumeFormat::Qcow2);
+        assert_eq!(
+            "qcow2".parse::<VolumeFormat>().unwrap(),
+            VolumeFormat::Qcow2
+        );
         assert_eq!("raw".parse::<VolumeFormat>().unwrap(), VolumeFormat::Raw);
         assert!("vmdk".parse::<VolumeFormat>().is_err());
     }
@@ -360,7 +374,9 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("hangar-pool-test-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         let pool = StoragePool::open(&dir).unwrap();
-        let volume = pool.create("a.qcow2", 1 << 20, VolumeFormat::Qcow2).unwrap();
+        let volume = pool
+            .create("a.qcow2", 1 << 20, VolumeFormat::Qcow2)
+            .unwrap();
         assert_eq!(volume.format, "qcow2");
         assert_eq!(volume.virtual_size, 1 << 20);
         pool.create("b.raw", 2 << 20, VolumeFormat::Raw).unwrap();
@@ -370,13 +386,19 @@ mod tests {
         ));
         let names: Vec<String> = pool.list().unwrap().into_iter().map(|v| v.name).collect();
         assert_eq!(names, ["a.qcow2", "b.raw"]);
-        assert_eq!(pool.resize("a.qcow2", 4 << 20).unwrap().virtual_size, 4 << 20);
+        assert_eq!(
+            pool.resize("a.qcow2", 4 << 20).unwrap().virtual_size,
+            4 << 20
+        );
         let imported = pool
             .import("c.qcow2", &dir.join("b.raw"), VolumeFormat::Qcow2)
             .unwrap();
         assert_eq!(imported.virtual_size, 2 << 20);
         pool.delete("a.qcow2").unwrap();
-        assert!(matches!(pool.delete("a.qcow2"), Err(StorageError::NotFound(_))));
+        assert!(matches!(
+            pool.delete("a.qcow2"),
+            Err(StorageError::NotFound(_))
+        ));
         assert!(matches!(
             pool.create("../x", 1, VolumeFormat::Raw),
             Err(StorageError::InvalidName { .. })

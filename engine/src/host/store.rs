@@ -33,7 +33,9 @@ pub enum StoreError {
         expected: u64,
         current: u64,
     },
-    #[error("field \"uuid\": {given} does not match the VM being updated ({existing}); leave it out")]
+    #[error(
+        "field \"uuid\": {given} does not match the VM being updated ({existing}); leave it out"
+    )]
     UuidMismatch { given: Uuid, existing: Uuid },
     #[error("cannot write {path}: {source}")]
     Write { path: PathBuf, source: io::Error },
@@ -212,7 +214,8 @@ impl DefinitionStore {
         let path = self.path_of(&def.uuid);
         let mut text = def.to_json();
         text.push('\n');
-        write_atomically(&path, text.as_bytes()).map_err(|source| StoreError::Write { path, source })
+        write_atomically(&path, text.as_bytes())
+            .map_err(|source| StoreError::Write { path, source })
     }
 }
 
@@ -248,10 +251,8 @@ mod tests {
     struct Scratch(PathBuf);
     impl Scratch {
         fn new(tag: &str) -> Scratch {
-            let path = std::env::temp_dir().join(format!(
-                "hangar-store-test-{}-{tag}",
-                std::process::id()
-            ));
+            let path = std::env::temp_dir()
+                .join(format!("hangar-store-test-{}-{tag}", std::process::id()));
             let _ = fs::remove_dir_all(&path);
             Scratch(path)
         }
@@ -315,7 +316,14 @@ mod tests {
         assert_eq!(store.update(&uuid, first, 1).unwrap().generation, 2);
         let err = store.update(&uuid, second, 1).unwrap_err();
         assert!(
-            matches!(err, StoreError::Conflict { expected: 1, current: 2, .. }),
+            matches!(
+                err,
+                StoreError::Conflict {
+                    expected: 1,
+                    current: 2,
+                    ..
+                }
+            ),
             "{err}"
         );
         let (store, _) = DefinitionStore::open(&scratch.0).unwrap();

@@ -30,6 +30,8 @@ use crate::protocol::{Event, RunState, Status, StopReason, PROTOCOL_VERSION};
 
 /// Lines of the worker log kept with a crash report.
 pub const LOG_TAIL_LINES: usize = 10;
+/// How hangard's note before each worker start begins in the log.
+const START_NOTE: &str = "hangard: starting ";
 
 /// Errors of supervision.
 #[derive(Debug, thiserror::Error)]
@@ -46,7 +48,9 @@ pub enum SupervisorError {
         timeout: Duration,
         reason: String,
     },
-    #[error("the worker speaks protocol {0}, this hangard speaks {PROTOCOL_VERSION}; restart the VM")]
+    #[error(
+        "the worker speaks protocol {0}, this hangard speaks {PROTOCOL_VERSION}; restart the VM"
+    )]
     Version(Value),
     #[error("the worker refused {command:?}: {message}")]
     Refused { command: String, message: String },
@@ -106,7 +110,11 @@ impl RuntimeDir {
     }
 
     pub fn read_pid(&self) -> Option<u32> {
-        fs::read_to_string(self.pid_file()).ok()?.trim().parse().ok()
+        fs::read_to_string(self.pid_file())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
     }
 
     /// Forgets a worker that ended: its pid and sockets go, its log stays for diagnosis.
@@ -121,11 +129,16 @@ impl RuntimeDir {
         let _ = fs::remove_dir_all(&self.dir);
     }
 
-    /// The last `lines` lines of the worker log.
+    /// The last `lines` lines the latest worker logged (since hangard's last "starting" note).
     pub fn log_tail(&self, lines: usize) -> Vec<String> {
         let text = fs::read_to_string(self.log()).unwrap_or_default();
         let all: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-        all[all.len().saturating_sub(lines)..]
+        let run_start = all
+            .iter()
+            .rposition(|l| l.starts_with(START_NOTE))
+            .map_or(0, |i| i + 1);
+        let run = &all[run_start..];
+        run[run.len().saturating_sub(lines)..]
             .iter()
             .map(|l| l.to_string())
             .collect()
@@ -173,7 +186,7 @@ pub fn spawn_worker(
         .map_err(log_err)?;
     let _ = writeln!(
         log,
-        "hangard: starting {} for VM {} ({})",
+        "{START_NOTE}{} for VM {} ({})",
         vmm.display(),
         def.name,
         def.uuid
@@ -338,7 +351,11 @@ impl WorkerLink {
         };
         let io_err = |err: io::Error| connect_err(err.to_string());
         stream
-            .set_read_timeout(Some(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100))))
+            .set_read_timeout(Some(
+                deadline
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(100)),
+            ))
             .map_err(io_err)?;
         let mut reader = BufReader::new(stream.try_clone().map_err(io_err)?);
         let mut hello = String::new();
@@ -395,7 +412,10 @@ impl WorkerLink {
         if reply["ok"] != true {
             return Err(SupervisorError::Refused {
                 command: command.to_string(),
-                message: reply["error"].as_str().unwrap_or("no reason given").to_string(),
+                message: reply["error"]
+                    .as_str()
+                    .unwrap_or("no reason given")
+                    .to_string(),
             });
         }
         if let Value::Object(map) = &mut reply {
@@ -407,7 +427,9 @@ impl WorkerLink {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The reader thread: replies to their waiters, events to the callback, and the end.
@@ -536,8 +558,14 @@ mod tests {
 
     #[test]
     fn exit_statuses_read_well() {
-        assert_eq!(describe_status(&ExitStatus::from_raw(9)), "killed by signal 9 (SIGKILL)");
-        assert_eq!(describe_status(&ExitStatus::from_raw(3 << 8)), "exit status 3");
+        assert_eq!(
+            describe_status(&ExitStatus::from_raw(9)),
+            "killed by signal 9 (SIGKILL)"
+        );
+        assert_eq!(
+            describe_status(&ExitStatus::from_raw(3 << 8)),
+            "exit status 3"
+        );
     }
 
     #[test]
@@ -553,9 +581,10 @@ mod tests {
         let runtime = RuntimeDir::new(&root, "vm");
         runtime.prepare().unwrap();
         let text: String = (1..=20).map(|i| format!("line {i}\n")).collect();
-        fs::write(runtime.log(), text).unwrap();
-        let tail = runtime.log_tail(3);
-        assert_eq!(tail, ["line 18", "line 19", "line 20"]);
+        fs::write(runtime.log(), &text).unwrap();
+        assert_eq!(runtime.log_tail(3), ["line 18", "line 19", "line 20"]);
+        fs::write(runtime.log(), format!("{text}{START_NOTE}x\nonly this\n")).unwrap();
+        assert_eq!(runtime.log_tail(3), ["only this"]);
         let _ = fs::remove_dir_all(root);
     }
 }

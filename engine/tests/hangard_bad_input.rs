@@ -1,0 +1,169 @@
+//! Bad input through hangarctl and D-Bus: each refusal carries a `dev.hangar.Error.*` name and
+//! a message naming what is wrong, and nothing is written.
+
+#[path = "support/hangard.rs"]
+mod hangard_env;
+mod support;
+
+use hangard_env::Host;
+use serde_json::json;
+use support::tiny_guest;
+
+/// Everything hangard could have written: definitions and volumes.
+fn written(host: &Host) -> (Vec<String>, Vec<String>) {
+    (
+        Host::files_in(&host.definitions_dir()),
+        Host::files_in(&host.images_dir()),
+    )
+}
+
+#[test]
+fn invalid_definitions_are_refused_by_field_and_nothing_is_written() {
+    let host = Host::new();
+    let kernel = tiny_guest("hello");
+    let good = host.definition_file(
+        "taken",
+        &json!({"name": "taken", "kernel": kernel, "memory": "32M"}),
+    );
+    host.ctl_ok(&["define", good.to_str().unwrap()]);
+    let before = written(&host);
+
+    let bad_json = host.dir.path("bad-json.json");
+    std::fs::write(&bad_json, "{\"name\": \"x\", \"kernel\": ").unwrap();
+    let cases: Vec<(std::path::PathBuf, &str, &str)> = vec![
+        (
+            bad_json,
+            "dev.hangar.Error.InvalidDefinition",
+            "not a valid VM definition",
+        ),
+        (
+            host.definition_file(
+                "unknown",
+                &json!({"name": "x", "kernel": kernel, "memroy": "1G"}),
+            ),
+            "dev.hangar.Error.InvalidDefinition",
+            "memroy",
+        ),
+        (
+            host.definition_file("zero", &json!({"name": "x", "kernel": kernel, "memory": 0})),
+            "dev.hangar.Error.InvalidDefinition",
+            "field \"memory\"",
+        ),
+        (
+            host.definition_file(
+                "nokernel",
+                &json!({"name": "x", "kernel": "/nonexistent/vmlinuz"}),
+            ),
+            "dev.hangar.Error.InvalidDefinition",
+            "/nonexistent/vmlinuz",
+        ),
+        (
+            host.definition_file("dup", &json!({"name": "taken", "kernel": kernel})),
+            "dev.hangar.Error.NameTaken",
+            "\"taken\" is taken",
+        ),
+        (
+            host.definition_file("slash", &json!({"name": "a/b", "kernel": kernel})),
+            "dev.hangar.Error.InvalidDefinition",
+            "field \"name\"",
+        ),
+        (
+            host.definition_file(
+                "baddisk",
+                &json!({"name": "x", "kernel": kernel, "disks": [{"volume": "../etc"}]}),
+            ),
+            "dev.hangar.Error.InvalidDefinition",
+            "disks[0].volume",
+        ),
+    ];
+    for (file, name, needle) in cases {
+        let (error, message, stderr) = host.ctl_err(&["define", file.to_str().unwrap()]);
+        assert_eq!(error, name, "{}: {message}", file.display());
+        assert!(message.contains(needle), "{}: {message}", file.display());
+        assert!(stderr.contains(name), "{stderr}");
+        assert_eq!(written(&host), before, "{} wrote something", file.display());
+    }
+
+    // Updates are checked the same way, and a failed update changes nothing.
+    let zero = host.definition_file(
+        "zero-update",
+        &json!({"name": "taken", "kernel": kernel, "memory": 0, "generation": 1}),
+    );
+    let (error, message, _) = host.ctl_err(&["update", "taken", zero.to_str().unwrap()]);
+    assert_eq!(error, "dev.hangar.Error.InvalidDefinition", "{message}");
+    assert_eq!(host.ctl_json(&["dumpdef", "taken"])["generation"], 1);
+
+    // The same rules hold for a client calling D-Bus directly.
+    let bus = host.bus().unwrap();
+    let manager = hangar_engine::host::api::ManagerProxyBlocking::new(&bus).unwrap();
+    let err = manager.define("{\"name\": 5}").unwrap_err();
+    match err {
+        zbus::Error::MethodError(name, Some(message), _) => {
+            assert_eq!(name.as_str(), "dev.hangar.Error.InvalidDefinition");
+            assert!(message.contains("invalid type"), "{message}");
+        }
+        other => panic!("expected a D-Bus error, got {other:?}"),
+    }
+    assert_eq!(written(&host), before);
+}
+
+#[test]
+fn volumes_in_use_and_bad_volume_names_are_refused() {
+    let host = Host::new();
+    host.ctl_ok(&["vol-create", "root.qcow2", "16M"]);
+    let file = host.definition_file(
+        "user",
+        &json!({"name": "user", "kernel": tiny_guest("hello"), "disks": [{"volume": "root.qcow2"}]}),
+    );
+    host.ctl_ok(&["define", file.to_str().unwrap()]);
+    let before = written(&host);
+
+    let (error, message, _) = host.ctl_err(&["vol-delete", "root.qcow2"]);
+    assert_eq!(error, "dev.hangar.Error.InUse");
+    assert!(message.contains("\"user\""), "{message}");
+    assert!(message.contains("--remove-storage"), "{message}");
+    assert_eq!(written(&host), before);
+
+    for bad in ["a/b", "../escape", "..", "/etc/passwd", "x..y"] {
+        for args in [
+            vec!["vol-create", bad, "1M"],
+            vec!["vol-delete", bad],
+            vec!["vol-resize", bad, "2M"],
+        ] {
+            let (error, message, _) = host.ctl_err(&args);
+            assert_eq!(
+                error, "dev.hangar.Error.InvalidArgument",
+                "{args:?}: {message}"
+            );
+            assert!(message.contains("volume name"), "{args:?}: {message}");
+        }
+    }
+    assert_eq!(written(&host), before);
+
+    let (error, message, _) = host.ctl_err(&["vol-create", "zero.qcow2", "0"]);
+    assert_eq!(error, "dev.hangar.Error.InvalidArgument", "{message}");
+    let (error, message, _) = host.ctl_err(&["vol-create", "x.vmdk", "1M", "--format", "vmdk"]);
+    assert_eq!(error, "dev.hangar.Error.InvalidArgument", "{message}");
+    assert!(message.contains("qcow2 or raw"), "{message}");
+    let (error, _, _) = host.ctl_err(&["dumpdef", "nobody"]);
+    assert_eq!(error, "dev.hangar.Error.NotFound");
+    assert_eq!(written(&host), before);
+}
+
+#[test]
+fn a_running_vm_cannot_be_undefined() {
+    support::require_kvm();
+    let host = Host::new();
+    let file = host.definition_file(
+        "busy",
+        &json!({"name": "busy", "kernel": tiny_guest("ticker"), "memory": "32M"}),
+    );
+    host.ctl_ok(&["define", file.to_str().unwrap()]);
+    host.ctl_ok(&["start", "busy"]);
+    let (error, message, _) = host.ctl_err(&["undefine", "busy"]);
+    assert_eq!(error, "dev.hangar.Error.InvalidState");
+    assert!(message.contains("destroy"), "{message}");
+    assert_eq!(Host::files_in(&host.definitions_dir()).len(), 1);
+    host.ctl_ok(&["destroy", "busy"]);
+    host.ctl_ok(&["undefine", "busy"]);
+}
