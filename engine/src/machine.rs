@@ -163,16 +163,12 @@ impl Machine {
             Some(path) => Some(boot::load_initrd(memory, path, &kernel)?),
             None => None,
         };
-        boot::write_cmdline(&memory, &config.cmdline)?;
+        boot::write_cmdline(memory, &config.cmdline)?;
         match kernel.entry {
-            EntryPoint::Linux64(_) => boot::write_zero_page(
-                &memory,
-                &kernel,
-                initrd,
-                config.cmdline.len(),
-                config.memory,
-            )?,
-            EntryPoint::Pvh(_) => boot::write_pvh_start_info(&memory, initrd, config.memory)?,
+            EntryPoint::Linux64(_) => {
+                boot::write_zero_page(memory, &kernel, initrd, config.cmdline.len(), config.memory)?
+            }
+            EntryPoint::Pvh(_) => boot::write_pvh_start_info(memory, initrd, config.memory)?,
         }
         let tables = acpi::create_acpi_tables(config.vcpus);
         memory
