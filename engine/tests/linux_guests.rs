@@ -21,6 +21,14 @@ fn kvm_kind() -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_string()
 }
 
+fn guest_cache() -> PathBuf {
+    std::env::var("HANGAR_GUEST_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/hangar/guests")
+        })
+}
+
 /// Builds (or finds in the cache) the Debian kernels and initramfs images.
 fn guest_kit() -> PathBuf {
     let output = Command::new(repo_root().join("tests/guests/build"))
@@ -32,11 +40,7 @@ fn guest_kit() -> PathBuf {
         "tests/guests/build all failed:\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let cache = std::env::var("HANGAR_GUEST_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/hangar/guests")
-        });
+    let cache = guest_cache();
     assert!(
         cache.join("vmlinuz-amd64").is_file(),
         "no kernel in {}",
@@ -117,7 +121,12 @@ fn debian_kernels_boot_with_two_vcpus_and_power_off() {
                 println!("Linux guests: hardware-accelerated /dev/kvm, running directly");
             }
             require_kvm();
-            let cache = guest_kit();
+            // Inside the lab the host's files are read-only: the kit was built before entering.
+            let cache = if inside_lab {
+                guest_cache()
+            } else {
+                guest_kit()
+            };
             for flavor in KERNELS {
                 boot_and_check(&cache, flavor);
             }
