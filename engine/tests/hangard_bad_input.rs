@@ -167,3 +167,20 @@ fn a_running_vm_cannot_be_undefined() {
     host.ctl_ok(&["destroy", "busy"]);
     host.ctl_ok(&["undefine", "busy"]);
 }
+
+#[test]
+fn without_hangard_clients_are_told_how_to_get_one() {
+    let host = Host::new_without_hangard();
+    let (error, message, _) = host.ctl_err(&["list", "--all"]);
+    assert_eq!(error, "org.freedesktop.DBus.Error.ServiceUnknown");
+    assert!(message.contains("hangard is not running"), "{message}");
+    assert!(message.contains("install-user-service"), "{message}");
+}
+
+#[test]
+fn an_unknown_vm_uuid_is_named_as_such() {
+    let host = Host::new();
+    let (error, message, _) = host.ctl_err(&["start", "00000000-0000-4000-8000-000000000000"]);
+    assert_eq!(error, "org.freedesktop.DBus.Error.UnknownObject");
+    assert!(message.contains("no such VM"), "{message}");
+}

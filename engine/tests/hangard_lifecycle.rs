@@ -208,6 +208,24 @@ fn clients_hear_signals_and_see_properties() {
         .build()
         .unwrap();
     assert_eq!(vm.name().unwrap(), "sig");
+
+    // The ObjectManager lists the VM with its properties, as a GUI would fetch them.
+    let objects = zbus::blocking::fdo::ObjectManagerProxy::builder(&bus)
+        .destination("dev.hangar.Hangar")
+        .unwrap()
+        .path("/dev/hangar")
+        .unwrap()
+        .build()
+        .unwrap()
+        .get_managed_objects()
+        .unwrap();
+    let vm_object = &objects[&path];
+    let properties =
+        &vm_object[&zbus::names::OwnedInterfaceName::try_from("dev.hangar.Vm1").unwrap()];
+    assert_eq!(
+        String::try_from(properties["Name"].try_clone().unwrap()).unwrap(),
+        "sig"
+    );
     assert_eq!(vm.memory().unwrap(), 32 << 20);
     assert_eq!(vm.display().unwrap(), "none");
     assert_eq!(vm.generation().unwrap(), 1);
@@ -218,8 +236,18 @@ fn clients_hear_signals_and_see_properties() {
     vm.start().unwrap();
     let signal = states.next().expect("StateChanged");
     assert_eq!(signal.args().unwrap().state, "running");
-    let change = state_prop.next().expect("State property change");
-    assert_eq!(change.get().unwrap(), "running");
+    // The property stream yields the cached value first, then the changes.
+    let states_seen: Vec<String> = state_prop
+        .by_ref()
+        .take(2)
+        .map(|change| change.get().unwrap())
+        .take_while(|state| state != "running")
+        .collect();
+    assert!(
+        states_seen.iter().all(|s| s == "shutoff"),
+        "unexpected states before running: {states_seen:?}"
+    );
+    assert_eq!(vm.state().unwrap(), "running");
 
     let mut definition_changes = vm.receive_definition_changed().unwrap();
     let mut def: Value = serde_json::from_str(&vm.get_definition().unwrap()).unwrap();
@@ -338,4 +366,180 @@ fn sample_defines_debian_tiny_from_the_guest_kit() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&output.stderr).contains("dev.hangar.Error.NameTaken"));
+}
+
+#[test]
+fn user_mode_nics_get_a_passt_with_their_port_forwards() {
+    require_kvm();
+    assert!(
+        hangar_engine::host::storage::find_in_path("passt").is_some(),
+        "passt is missing; run scripts/install-deps"
+    );
+    let host = Host::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut def = tiny("net", "ticker");
+    def["nics"] =
+        json!([{"mode": "user", "forwards": [{"host": port, "guest": 22}]}, {"mode": "none"}]);
+    let file = host.definition_file("net", &def);
+    let uuid = host.ctl_json(&["define", file.to_str().unwrap()])["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let nics = host.ctl_json(&["dumpdef", "net"])["nics"].clone();
+    assert_eq!(nics[0]["forwards"][0]["guest"], 22);
+
+    host.ctl_ok(&["start", "net"]);
+    let runtime = host.runtime_dir().join("hangar").join(&uuid);
+    assert!(
+        runtime.join("net0.sock").exists(),
+        "no passt socket for NIC 0"
+    );
+    assert!(
+        !runtime.join("net1.sock").exists(),
+        "a NIC without cable got a passt"
+    );
+    let pid: u32 = std::fs::read_to_string(runtime.join("passt0.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(hangard_env::process_alive(pid));
+    // passt listens on the forwarded host port.
+    std::net::TcpStream::connect(("127.0.0.1", port)).expect("forwarded port is not listening");
+
+    host.ctl_ok(&["destroy", "net"]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while hangard_env::process_alive(pid) {
+        assert!(Instant::now() < deadline, "passt outlived its VM");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(!runtime.join("net0.sock").exists());
+}
+
+/// A pseudo-terminal pair: hangarctl gets the slave end as its terminal.
+struct Pty {
+    master: std::fs::File,
+    slave: std::fs::File,
+}
+
+impl Pty {
+    fn open() -> Pty {
+        use std::os::fd::FromRawFd;
+        let (mut master, mut slave) = (0, 0);
+        // SAFETY: openpty writes two fds into the locals; name, termios and winsize may be null.
+        let rc = unsafe {
+            libc::openpty(
+                &mut master,
+                &mut slave,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(rc, 0, "openpty failed");
+        // SAFETY: both fds were just opened by openpty and are owned by nothing else.
+        unsafe {
+            Pty {
+                master: std::fs::File::from_raw_fd(master),
+                slave: std::fs::File::from_raw_fd(slave),
+            }
+        }
+    }
+
+    fn local_flags(&self) -> libc::tcflag_t {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a zeroed termios is a valid out-parameter for tcgetattr.
+        let mut termios: libc::termios = unsafe { std::mem::zeroed() };
+        // SAFETY: the slave fd is open; termios outlives the call.
+        assert_eq!(
+            unsafe { libc::tcgetattr(self.slave.as_raw_fd(), &mut termios) },
+            0
+        );
+        termios.c_lflag
+    }
+}
+
+#[test]
+fn the_interactive_console_is_raw_and_ctrl_bracket_leaves() {
+    use std::io::{Read, Write};
+    use std::process::Stdio;
+    require_kvm();
+    let host = Host::new();
+    let file = host.definition_file("tty", &tiny("tty", "echo"));
+    host.ctl_ok(&["define", file.to_str().unwrap()]);
+    host.ctl_ok(&["start", "tty"]);
+
+    let pty = Pty::open();
+    let cooked = pty.local_flags();
+    assert_ne!(cooked & libc::ICANON, 0);
+    let mut child = host
+        .ctl_command(&["console", "tty"])
+        .stdin(Stdio::from(pty.slave.try_clone().unwrap()))
+        .stdout(Stdio::from(pty.slave.try_clone().unwrap()))
+        .stderr(Stdio::from(pty.slave.try_clone().unwrap()))
+        .spawn()
+        .unwrap();
+    let mut reader = pty.master.try_clone().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = String::new();
+    let mut expect = |needle: &str| {
+        let deadline = Instant::now() + BOOT;
+        while !seen.contains(needle) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let bytes = rx
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no {needle:?} on the terminal; got:\n{seen}"));
+            seen.push_str(&String::from_utf8_lossy(&bytes));
+        }
+    };
+    expect("press Ctrl+] to leave");
+    expect("ready");
+    // Raw mode: keys go to the guest one by one, without local echo or line editing.
+    assert_eq!(pty.local_flags() & (libc::ICANON | libc::ECHO), 0);
+    let mut master = pty.master.try_clone().unwrap();
+    master.write_all(b"xyz-typed").unwrap();
+    expect("xyz-typed");
+    master.write_all(&[0x1d]).unwrap();
+    expect("Left the console");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Ctrl+] did not leave the console"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(status.success());
+    // The terminal is restored, and the VM keeps running.
+    assert_eq!(pty.local_flags() & libc::ICANON, cooked & libc::ICANON);
+    assert_eq!(host.state("tty").0, "running");
+    host.ctl_ok(&["destroy", "tty"]);
+}
+
+#[test]
+fn a_guest_that_powers_off_at_once_still_starts_and_ends_shut_off() {
+    require_kvm();
+    let host = Host::new();
+    let file = host.definition_file("quick", &tiny("quick", "hello"));
+    host.ctl_ok(&["define", file.to_str().unwrap()]);
+    for _ in 0..3 {
+        host.ctl_ok(&["start", "quick"]);
+        let reason = host.wait_state("quick", "shutoff", BOOT);
+        assert!(reason.is_empty(), "{reason}");
+    }
 }

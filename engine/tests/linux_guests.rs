@@ -105,6 +105,33 @@ fn boot_and_check(cache: &std::path::Path, flavor: &str) {
     println!("== {flavor}: banner, /init, 2 CPUs, clock, poweroff: ok");
 }
 
+/// `reboot -f` in the guest resets the machine; with --no-reboot the worker exits 0 instead.
+fn reboot_exits_with_no_reboot(cache: &std::path::Path) {
+    let kernel = cache.join("vmlinuz-cloud-amd64").display().to_string();
+    let initrd = cache.join("initrd-cloud-amd64.img").display().to_string();
+    println!("== rebooting the Debian cloud-amd64 kernel with --no-reboot");
+    let mut vmm = Vmm::start(
+        &[
+            "--kernel",
+            &kernel,
+            "--initrd",
+            &initrd,
+            "--memory",
+            "256M",
+            "--cmdline",
+            "console=ttyS0 panic=-1 hangar.test=reboot",
+            "--no-reboot",
+        ],
+        true,
+    );
+    let mut control = vmm.control();
+    let boot = Duration::from_secs(240);
+    vmm.expect("HANGAR-INIT-START", boot);
+    assert_eq!(control.wait_event("shutdown")["reason"], "guest-reset");
+    assert!(vmm.wait(boot).success());
+    println!("== reboot: the worker exited 0 on the guest's reset: ok");
+}
+
 #[test]
 fn debian_kernels_boot_with_two_vcpus_and_power_off() {
     let inside_lab = std::env::var_os("HANGAR_IN_LAB").is_some();
@@ -130,6 +157,7 @@ fn debian_kernels_boot_with_two_vcpus_and_power_off() {
             for flavor in KERNELS {
                 boot_and_check(&cache, flavor);
             }
+            reboot_exits_with_no_reboot(&cache);
         }
         "pvm" => {
             println!(

@@ -356,3 +356,19 @@ fn bad_input_is_refused_with_a_message_naming_it() {
     assert!(stderr.contains("in use"), "{stderr}");
     first.control().ok("kill");
 }
+
+#[test]
+fn guests_above_3g_get_ram_past_the_mmio_gap() {
+    let mut vmm = start("memmap", &["--memory", "4G"], false);
+    vmm.expect("rsdp=0x00000000_000e0000", BOOT);
+    vmm.expect("memmap done", BOOT);
+    let map: Vec<&String> = vmm.seen.iter().filter(|l| l.starts_with("mem ")).collect();
+    let expected = [
+        "mem 0x00000000_00000000 0x00000000_0009fc00 type=1",
+        "mem 0x00000000_0009fc00 0x00000000_00060400 type=2",
+        "mem 0x00000000_00100000 0x00000000_bff00000 type=1",
+        "mem 0x00000001_00000000 0x00000000_40000000 type=1",
+    ];
+    assert_eq!(map, expected, "memory map as the guest sees it");
+    assert!(vmm.wait(BOOT).success());
+}
