@@ -165,17 +165,28 @@ fn debian_kernels_boot_with_two_vcpus_and_power_off() {
             );
             guest_kit();
             let me = std::env::current_exe().unwrap();
-            let status = Command::new(repo_root().join("tests/lab/run"))
-                .args(["--timeout", "1500", "--env", "HANGAR_IN_LAB=1", "--"])
-                .arg(me)
-                .args([
-                    "debian_kernels_boot_with_two_vcpus_and_power_off",
-                    "--exact",
-                    "--nocapture",
-                    "--test-threads=1",
-                ])
-                .status()
-                .expect("run tests/lab/run");
+            let run_in_lab = || {
+                Command::new(repo_root().join("tests/lab/run"))
+                    .args(["--timeout", "900", "--env", "HANGAR_IN_LAB=1", "--"])
+                    .arg(&me)
+                    .args([
+                        "debian_kernels_boot_with_two_vcpus_and_power_off",
+                        "--exact",
+                        "--nocapture",
+                        "--test-threads=1",
+                    ])
+                    .status()
+                    .expect("run tests/lab/run")
+            };
+            let mut status = run_in_lab();
+            // 124: the lab timed out; 125: L1 itself died (QEMU's emulated SVM is not flawless
+            // under load). Neither says anything about Hangar, so the lab gets one more go.
+            if matches!(status.code(), Some(124) | Some(125)) {
+                println!(
+                    "Linux guests: the nested lab itself failed ({status}); running it once more"
+                );
+                status = run_in_lab();
+            }
             assert!(
                 status.success(),
                 "the Linux guest checks failed inside the lab: {status}"
