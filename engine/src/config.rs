@@ -84,7 +84,7 @@ impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         const UNITS: [(u32, &str); 4] = [(40, "T"), (30, "G"), (20, "M"), (10, "K")];
         for (shift, unit) in UNITS {
-            if self.0 != 0 && self.0 % (1 << shift) == 0 {
+            if self.0 != 0 && self.0.is_multiple_of(1 << shift) {
                 return write!(f, "{}{unit}", self.0 >> shift);
             }
         }
@@ -238,7 +238,7 @@ impl VmSettings {
                 ),
             ));
         }
-        if memory.0 % 4096 != 0 {
+        if !memory.0.is_multiple_of(4096) {
             return Err(ConfigError::Memory(
                 memory.to_string(),
                 "must be a whole number of 4 KiB pages".into(),

@@ -17,6 +17,7 @@ use crate::arch::x86_64::{acpi, cpuid, msr, regs};
 use crate::config::VmConfig;
 use crate::devices::i8042::I8042;
 use crate::devices::pm::{PowerManagement, ResetControl};
+use crate::devices::pvpanic::PvPanic;
 use crate::devices::rtc::Cmos;
 use crate::devices::serial::{Console, SerialPort};
 use crate::devices::{lock, InterruptLine, PioBus};
@@ -197,6 +198,7 @@ impl Machine {
         bus.insert(CMOS_PORT, 2, Arc::new(Mutex::new(Cmos::default())));
         bus.insert(PM1A_EVT_PORT, 6, pm.clone());
         bus.insert(RESET_PORT, 1, Arc::new(Mutex::new(ResetControl::default())));
+        bus.insert(PVPANIC_PORT, 1, Arc::new(Mutex::new(PvPanic)));
 
         let supported = kvm_step(
             "report its CPUID",

@@ -188,7 +188,8 @@ pub enum Event {
     Reset { reason: StopReason },
     /// The machine stopped for good; the worker exits next.
     Shutdown { reason: StopReason },
-    /// The guest crashed. `reason` is `triple-fault`, `internal-error` or `entry-failure`.
+    /// The guest crashed. `reason` is `guest-panic` (the kernel said so through pvpanic),
+    /// `triple-fault`, `internal-error` or `entry-failure`.
     GuestPanic { reason: String, vcpu: u8 },
 }
 

@@ -36,10 +36,10 @@ pub fn install_kick_handler() -> std::io::Result<()> {
 /// What a vCPU thread tells the machine.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum VcpuEvent {
-    /// A device asked for power-off or reset.
-    Request(MachineRequest),
-    /// The guest crashed on this vCPU: `triple-fault`, `internal-error`, `entry-failure`, or a
-    /// KVM error.
+    /// A device on this vCPU's bus asked for power-off, reset, or reported a guest panic.
+    Request { vcpu: u8, request: MachineRequest },
+    /// The guest crashed on this vCPU: `guest-panic` (pvpanic), `triple-fault`,
+    /// `internal-error`, `entry-failure`, or a KVM error.
     Crashed { vcpu: u8, reason: String },
 }
 
@@ -309,7 +309,7 @@ fn run_loop(
             Ok(VcpuExit::IoOut(port, data)) => {
                 counters.io.fetch_add(1, Ordering::Relaxed);
                 if let Some(request) = bus.write(port, data) {
-                    events.send(VcpuEvent::Request(request));
+                    events.send(VcpuEvent::Request { vcpu: id, request });
                     run.park_until_stop();
                     return;
                 }
@@ -331,7 +331,7 @@ fn run_loop(
                     kvm_bindings::KVM_SYSTEM_EVENT_RESET => MachineRequest::Reset,
                     _ => return crash(format!("system-event-{kind}")),
                 };
-                events.send(VcpuEvent::Request(request));
+                events.send(VcpuEvent::Request { vcpu: id, request });
                 run.park_until_stop();
                 return;
             }

@@ -145,7 +145,7 @@ pub struct Worker {
     console_clients: Option<Arc<Mutex<ConsoleClients>>>,
     stdin_open: bool,
     escape_pending: bool,
-    _raw_terminal: Option<RawTerminal>,
+    raw_terminal: Option<RawTerminal>,
     socket_paths: Vec<PathBuf>,
 }
 
@@ -208,7 +208,7 @@ impl Worker {
             serial_clients: Vec::new(),
             console_clients,
             escape_pending: false,
-            _raw_terminal: raw_terminal,
+            raw_terminal,
             socket_paths,
         };
         worker.register_fds().map_err(io_err)?;
@@ -301,36 +301,44 @@ impl Worker {
     }
 
     fn on_vcpu_event(&mut self, event: VcpuEvent) -> Result<Flow, WorkerError> {
-        match event {
-            VcpuEvent::Request(MachineRequest::Poweroff) => {
-                self.stop_machine(StopReason::GuestPoweroff);
-                Ok(Flow::Exit(0))
-            }
-            VcpuEvent::Request(MachineRequest::Reset) if self.config.no_reboot => {
-                self.stop_machine(StopReason::GuestReset);
-                Ok(Flow::Exit(0))
-            }
-            VcpuEvent::Request(MachineRequest::Reset) => {
-                self.reset(StopReason::GuestReset)?;
-                Ok(Flow::Continue)
-            }
-            VcpuEvent::Crashed { vcpu, reason } => {
-                if self.state == RunState::Crashed {
+        let (vcpu, reason) = match event {
+            VcpuEvent::Request { request, vcpu } => match request {
+                MachineRequest::Poweroff => {
+                    self.stop_machine(StopReason::GuestPoweroff);
+                    return Ok(Flow::Exit(0));
+                }
+                MachineRequest::Reset if self.config.no_reboot => {
+                    self.stop_machine(StopReason::GuestReset);
+                    return Ok(Flow::Exit(0));
+                }
+                MachineRequest::Reset => {
+                    self.reset(StopReason::GuestReset)?;
                     return Ok(Flow::Continue);
                 }
-                self.machine.pause();
-                self.set_state(RunState::Crashed);
-                self.broadcast(&Event::GuestPanic {
-                    reason: reason.clone(),
-                    vcpu,
-                });
-                if self.control_listener.is_none() {
-                    eprintln!("hangar-vmm: the guest crashed on vCPU {vcpu} ({reason}); stopping");
-                    return Ok(Flow::Exit(EXIT_GUEST_CRASHED));
-                }
-                Ok(Flow::Continue)
-            }
+                MachineRequest::GuestPanic => (vcpu, "guest-panic".to_string()),
+            },
+            VcpuEvent::Crashed { vcpu, reason } => (vcpu, reason),
+        };
+        self.on_guest_crash(vcpu, reason)
+    }
+
+    /// Keeps a crashed guest as it is for inspection (libvirt's on_crash=preserve), and tells
+    /// the clients. Without clients there is nobody to tell, so the worker exits.
+    fn on_guest_crash(&mut self, vcpu: u8, reason: String) -> Result<Flow, WorkerError> {
+        if self.state == RunState::Crashed {
+            return Ok(Flow::Continue);
         }
+        self.machine.pause();
+        self.set_state(RunState::Crashed);
+        self.broadcast(&Event::GuestPanic {
+            reason: reason.clone(),
+            vcpu,
+        });
+        if self.control_listener.is_none() {
+            eprintln!("hangar-vmm: the guest crashed on vCPU {vcpu} ({reason}); stopping");
+            return Ok(Flow::Exit(EXIT_GUEST_CRASHED));
+        }
+        Ok(Flow::Continue)
     }
 
     fn stop_machine(&mut self, reason: StopReason) {
@@ -576,7 +584,7 @@ impl Worker {
             self.stdin_open = false;
             return Flow::Continue;
         }
-        if self._raw_terminal.is_none() {
+        if self.raw_terminal.is_none() {
             self.machine.send_serial_input(&buf[..n]);
             return Flow::Continue;
         }

@@ -177,3 +177,28 @@ fn concurrent_updates_conflict_and_lose_nothing() {
     assert_eq!(stored["generation"], 3);
     assert_eq!(stored["vcpus"], 2);
 }
+
+#[test]
+fn a_second_hangard_or_one_without_a_runtime_dir_refuses_clearly() {
+    let host = Host::new();
+    let run = |command: &mut Command| {
+        let output = command
+            .env("DBUS_SESSION_BUS_ADDRESS", &host.bus_address)
+            .env("XDG_CONFIG_HOME", host.config_dir())
+            .env("XDG_DATA_HOME", host.data_dir())
+            .output()
+            .unwrap();
+        assert!(!output.status.success());
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let stderr =
+        run(Command::new(hangard_env::hangard_binary()).env("XDG_RUNTIME_DIR", host.runtime_dir()));
+    assert!(
+        stderr.contains("another hangard already owns dev.hangar.Hangar"),
+        "{stderr}"
+    );
+    let stderr = run(Command::new(hangard_env::hangard_binary()).env_remove("XDG_RUNTIME_DIR"));
+    assert!(stderr.contains("XDG_RUNTIME_DIR is not set"), "{stderr}");
+    // The first hangard is unaffected.
+    assert_eq!(host.ctl_json(&["list", "--all"]), json!([]));
+}

@@ -132,6 +132,36 @@ fn reboot_exits_with_no_reboot(cache: &std::path::Path) {
     println!("== reboot: the worker exited 0 on the guest's reset: ok");
 }
 
+/// A kernel panic reaches the worker through pvpanic: the guest is kept as it is, and clients
+/// get a guest-panic event.
+fn kernel_panic_is_reported(cache: &std::path::Path) {
+    let kernel = cache.join("vmlinuz-cloud-amd64").display().to_string();
+    let initrd = cache.join("initrd-cloud-amd64.img").display().to_string();
+    println!("== panicking the Debian cloud-amd64 kernel");
+    let mut vmm = Vmm::start(
+        &[
+            "--kernel",
+            &kernel,
+            "--initrd",
+            &initrd,
+            "--memory",
+            "256M",
+            "--cmdline",
+            "console=ttyS0 panic=-1 hangar.test=panic",
+        ],
+        true,
+    );
+    let mut control = vmm.control();
+    let boot = Duration::from_secs(240);
+    vmm.expect("HANGAR-PANICKING", boot);
+    let event = control.wait_event("guest-panic");
+    assert_eq!(event["reason"], "guest-panic", "{event}");
+    assert_eq!(control.ok("status")["state"], "crashed");
+    control.ok("kill");
+    assert!(vmm.wait(boot).success());
+    println!("== panic: reported through pvpanic, VM kept in state crashed: ok");
+}
+
 #[test]
 fn debian_kernels_boot_with_two_vcpus_and_power_off() {
     let inside_lab = std::env::var_os("HANGAR_IN_LAB").is_some();
@@ -158,6 +188,7 @@ fn debian_kernels_boot_with_two_vcpus_and_power_off() {
                 boot_and_check(&cache, flavor);
             }
             reboot_exits_with_no_reboot(&cache);
+            kernel_panic_is_reported(&cache);
         }
         "pvm" => {
             println!(

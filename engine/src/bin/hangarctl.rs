@@ -127,29 +127,39 @@ impl Failure {
     }
 }
 
+/// What to tell a person about a bus-level error hangard itself did not send.
+fn explain(name: &str, message: String) -> String {
+    match name {
+        "org.freedesktop.DBus.Error.ServiceUnknown"
+        | "org.freedesktop.DBus.Error.NameHasNoOwner" => {
+            "hangard is not running and could not be activated; install its D-Bus service \
+             (scripts/install-user-service) or start hangard"
+                .to_string()
+        }
+        "org.freedesktop.DBus.Error.UnknownObject" | "org.freedesktop.DBus.Error.UnknownMethod" => {
+            format!("no such VM (it may have been undefined): {message}")
+        }
+        _ => message,
+    }
+}
+
 impl From<zbus::Error> for Failure {
     fn from(err: zbus::Error) -> Failure {
-        match err {
-            zbus::Error::MethodError(name, message, _) => Failure {
-                name: name.to_string(),
-                message: message.unwrap_or_else(|| name.to_string()),
-            },
-            zbus::Error::FDO(fdo) => {
-                let name = zbus::DBusError::name(fdo.as_ref()).to_string();
-                let message = match *fdo {
-                    zbus::fdo::Error::ServiceUnknown(_) | zbus::fdo::Error::NameHasNoOwner(_) => {
-                        "hangard is not running and could not be activated; install the service \
-                         (scripts/install-user-service) or start hangard"
-                            .to_string()
-                    }
-                    zbus::fdo::Error::UnknownObject(message) => {
-                        format!("no such VM (it may have been undefined): {message}")
-                    }
-                    other => other.to_string(),
-                };
-                Failure { name, message }
+        let (name, message) = match err {
+            zbus::Error::MethodError(name, message, _) => {
+                let name = name.to_string();
+                let message = message.unwrap_or_else(|| name.clone());
+                (name, message)
             }
-            other => Failure::new("dev.hangar.Error.Failed", other.to_string()),
+            zbus::Error::FDO(fdo) => (
+                zbus::DBusError::name(fdo.as_ref()).to_string(),
+                fdo.to_string(),
+            ),
+            other => ("dev.hangar.Error.Failed".to_string(), other.to_string()),
+        };
+        Failure {
+            message: explain(&name, message),
+            name,
         }
     }
 }
@@ -172,7 +182,10 @@ impl Client {
     }
 
     fn manager(&self) -> Result<ManagerProxyBlocking<'_>, Failure> {
-        Ok(ManagerProxyBlocking::new(&self.connection)?)
+        // One-shot calls: no property cache, so no extra round trips to set one up.
+        Ok(ManagerProxyBlocking::builder(&self.connection)
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()?)
     }
 
     /// A VM by name or UUID.
@@ -291,6 +304,7 @@ fn run(args: &Args) -> Outcome {
             let path = client.manager()?.define(&text)?;
             let vm = VmProxyBlocking::builder(&client.connection)
                 .path(path.clone())?
+                .cache_properties(zbus::proxy::CacheProperties::No)
                 .build()?;
             let name = vm.name()?;
             Ok(

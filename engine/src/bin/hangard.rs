@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use hangar_engine::host::api::{vm_path, BUS_NAME, MANAGER_PATH};
+use hangar_engine::host::api::{vm_path, BUS_NAME, MANAGER_PATH, OBJECT_MANAGER_PATH};
 use hangar_engine::host::capabilities::{Acceleration, HostCapabilities};
 use hangar_engine::host::inventory::{HostPaths, Inventory};
 use hangar_engine::host::service::{forward_events, ManagerObject, VmObject};
@@ -58,6 +58,10 @@ fn find_vmm(flag: Option<PathBuf>) -> Result<PathBuf, String> {
     })
 }
 
+fn taken() -> String {
+    format!("another hangard already owns {BUS_NAME} on this session bus; use that one")
+}
+
 fn run(args: Args) -> Result<(), String> {
     let capabilities = HostCapabilities::probe();
     if !capabilities.kvm_usable {
@@ -83,14 +87,28 @@ fn run(args: Args) -> Result<(), String> {
             file.reason
         ));
     }
+    let bus_err = |err: zbus::Error| format!("cannot serve on the session bus: {err}");
+    // Re-attaching touches the workers' runtime files: only the hangard that will own the
+    // name may do it. (Requesting the name below is the final guard against a race.)
+    let probe = zbus::blocking::Connection::session().map_err(bus_err)?;
+    let owned = zbus::blocking::fdo::DBusProxy::new(&probe)
+        .and_then(|bus| Ok(bus.name_has_owner(BUS_NAME.try_into()?)?))
+        .map_err(bus_err)?;
+    if owned {
+        return Err(taken());
+    }
+    drop(probe);
     for note in inventory.reattach_all() {
         log(note);
     }
 
-    let bus_err = |err: zbus::Error| format!("cannot serve on the session bus: {err}");
     let mut builder = zbus::blocking::connection::Builder::session()
         .map_err(bus_err)?
         .serve_at(MANAGER_PATH, ManagerObject::new(inventory.clone()))
+        .map_err(bus_err)?
+        // Lets a client fetch every VM with all its properties in one call and follow
+        // InterfacesAdded/InterfacesRemoved.
+        .serve_at(OBJECT_MANAGER_PATH, zbus::fdo::ObjectManager)
         .map_err(bus_err)?;
     for uuid in inventory.uuids() {
         builder = builder
@@ -98,13 +116,16 @@ fn run(args: Args) -> Result<(), String> {
             .map_err(bus_err)?;
     }
     let connection = builder
+        // One hangard per bus: a second one must not take over VMs the first is driving.
+        .allow_name_replacements(false)
+        .replace_existing_names(false)
+        // A bus that dies mid-call must not leave hangard waiting forever.
+        .method_timeout(Duration::from_secs(30))
         .name(BUS_NAME)
         .map_err(bus_err)?
         .build()
         .map_err(|err| match err {
-            zbus::Error::NameTaken => {
-                format!("another hangard already owns {BUS_NAME} on this session bus; use that one")
-            }
+            zbus::Error::NameTaken => taken(),
             other => bus_err(other),
         })?;
     let async_connection = connection.inner().clone();

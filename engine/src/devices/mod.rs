@@ -2,6 +2,7 @@
 
 pub mod i8042;
 pub mod pm;
+pub mod pvpanic;
 pub mod rtc;
 pub mod serial;
 
@@ -14,6 +15,8 @@ pub enum MachineRequest {
     Poweroff,
     /// The guest asked for a hard reset.
     Reset,
+    /// The guest kernel panicked (pvpanic).
+    GuestPanic,
 }
 
 /// A device on the port-I/O bus. Offsets are relative to the start of its range.

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! bus name   dev.hangar.Hangar
+//! /dev/hangar                  org.freedesktop.DBus.ObjectManager (all VMs and properties)
 //! /dev/hangar/Hangar           dev.hangar.Manager1   define, list, lookup, volumes, sample
 //! /dev/hangar/vm/<uuid with _> dev.hangar.Vm1        one object per VM: lifecycle, streams, stats
 //! errors     dev.hangar.Error.{InvalidDefinition,InvalidArgument,NameTaken,Conflict,NotFound,
@@ -18,6 +19,8 @@ use crate::host::stats::Sample;
 
 pub const BUS_NAME: &str = "dev.hangar.Hangar";
 pub const MANAGER_PATH: &str = "/dev/hangar/Hangar";
+/// Where `org.freedesktop.DBus.ObjectManager` lists every VM object with its properties.
+pub const OBJECT_MANAGER_PATH: &str = "/dev/hangar";
 pub const MANAGER_INTERFACE: &str = "dev.hangar.Manager1";
 pub const VM_INTERFACE: &str = "dev.hangar.Vm1";
 pub const VM_PATH_PREFIX: &str = "/dev/hangar/vm/";

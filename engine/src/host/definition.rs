@@ -282,7 +282,7 @@ impl VmDefinition {
                 ),
             ));
         }
-        if memory % 4096 != 0 {
+        if !memory.is_multiple_of(4096) {
             return Err(DefinitionError::field(
                 "memory",
                 format!("{} is not a whole number of 4 KiB pages", self.memory),

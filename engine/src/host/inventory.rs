@@ -16,7 +16,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::ByteSize;
 use crate::host::capabilities::HostCapabilities;
-use crate::host::definition::{DefinitionError, DiskDefinition, NicDefinition, Uuid, VmDefinition};
+use crate::host::definition::{
+    DefinitionError, DiskDefinition, NicDefinition, NicMode, Uuid, VmDefinition,
+};
+use crate::host::network::{self, NetworkError};
 use crate::host::stats::{Counters, Sample, StatsHistory, DEFAULT_HISTORY_LEN};
 use crate::host::storage::{StorageError, StoragePool, Volume, VolumeFormat};
 use crate::host::store::{DefinitionStore, SkippedFile, StoreError};
@@ -109,6 +112,8 @@ pub enum HostError {
     Unsupported(String),
     #[error("VM {vm:?}: {source}")]
     Worker { vm: String, source: SupervisorError },
+    #[error("VM {vm:?}: {source}")]
+    Network { vm: String, source: NetworkError },
     #[error("VM {vm:?} did not start: {reason}")]
     StartFailed { vm: String, reason: String },
     #[error("sample VM: {0}")]
@@ -138,6 +143,11 @@ impl HostError {
                 StorageError::QemuImg { .. } | StorageError::Io { .. } => ErrorKind::Failed,
             },
             HostError::NoSuchVm(_) => ErrorKind::NotFound,
+            HostError::Network {
+                source: NetworkError::NoPasst { .. },
+                ..
+            } => ErrorKind::Unsupported,
+            HostError::Network { .. } => ErrorKind::Failed,
             HostError::InUse { .. } => ErrorKind::InUse,
             HostError::InvalidState { .. } => ErrorKind::InvalidState,
             HostError::Unsupported(_) => ErrorKind::Unsupported,
@@ -451,6 +461,7 @@ impl Inventory {
             }
         }
         drop(inner);
+        network::stop_networks(&self.runtime_dir(uuid));
         self.runtime_dir(uuid).remove();
         Ok(())
     }
@@ -553,69 +564,90 @@ impl Inventory {
     fn launch(&self, def: &VmDefinition) -> Result<(), HostError> {
         def.check_files()?;
         let runtime_dir = self.runtime_dir(&def.uuid);
-        let child = supervisor::spawn_worker(&self.vmm, def, &runtime_dir).map_err(|source| {
-            HostError::Worker {
+        let worker_err = |source| HostError::Worker {
+            vm: def.name.clone(),
+            source,
+        };
+        runtime_dir.prepare().map_err(worker_err)?;
+        network::start_networks(def, &runtime_dir, self.capabilities.passt.as_deref()).map_err(
+            |source| HostError::Network {
                 vm: def.name.clone(),
                 source,
+            },
+        )?;
+        let child = match supervisor::spawn_worker(&self.vmm, def, &runtime_dir) {
+            Ok(child) => child,
+            Err(err) => {
+                network::stop_networks(&runtime_dir);
+                return Err(worker_err(err));
             }
-        })?;
-        if !def.disks.is_empty()
-            || def
-                .nics
-                .iter()
-                .any(|n| n.mode != crate::host::definition::NicMode::None)
-        {
+        };
+        if !def.disks.is_empty() || def.nics.iter().any(|n| n.mode != NicMode::None) {
             supervisor::append_log(
                 &runtime_dir,
-                "note: this worker has no virtio-blk/virtio-net yet; disks and NICs are not attached",
+                "note: this worker has no virtio-blk or virtio-net yet; disks and NICs are not \
+                 attached to the guest (passt runs for user-mode NICs)",
             );
         }
         let pid = child.id();
-        self.attach(&def.uuid, pid, Some(child)).map_err(|reason| {
-            // SAFETY: kill(2) on the pid of the child this call spawned; it cannot have been
-            // reaped (its Child handle was only dropped), so the pid is still ours.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-            let mut status = 0;
-            // SAFETY: reaps that same child; `status` outlives the call.
-            unsafe { libc::waitpid(pid as i32, &mut status, 0) };
-            runtime_dir.clear();
-            let tail = runtime_dir.log_tail(LOG_TAIL_LINES).join(" | ");
-            HostError::StartFailed {
-                vm: def.name.clone(),
-                reason: format!("{reason}; worker log: {tail}"),
-            }
+        let Err(err) = self.attach(&def.uuid, pid, Some(child)) else {
+            return Ok(());
+        };
+        let exited_cleanly = match &err {
+            SupervisorError::StartupFailed { clean, .. } => *clean,
+            _ => reap_failed_worker(pid),
+        };
+        runtime_dir.clear();
+        network::stop_networks(&runtime_dir);
+        if exited_cleanly {
+            // A guest quick enough to power off before hangard connected: it ran, and is off.
+            supervisor::append_log(
+                &runtime_dir,
+                "the guest powered off before hangard connected",
+            );
+            return Ok(());
+        }
+        let tail = runtime_dir.log_tail(LOG_TAIL_LINES).join(" | ");
+        Err(HostError::StartFailed {
+            vm: def.name.clone(),
+            reason: format!("{err}; worker log: {tail}"),
         })
     }
 
-    /// Connects to a worker and follows its events.
-    fn attach(&self, uuid: &Uuid, pid: u32, child: Option<Child>) -> Result<(), String> {
+    /// Connects to a worker, records its state, then follows its events.
+    fn attach(&self, uuid: &Uuid, pid: u32, child: Option<Child>) -> Result<(), SupervisorError> {
         let runtime_dir = self.runtime_dir(uuid);
-        let me = self.me.clone();
-        let id = *uuid;
-        let (link, status) = WorkerLink::attach(
-            &runtime_dir.control(),
-            pid,
-            child,
-            START_TIMEOUT,
-            move |event| {
-                if let Some(inventory) = me.upgrade() {
-                    inventory.on_worker_event(&id, event);
-                }
-            },
-        )
-        .map_err(|err| err.to_string())?;
+        let attachment = WorkerLink::attach(&runtime_dir.control(), pid, child, START_TIMEOUT)?;
+        let state = VmState::from(attachment.status.state);
+        let reason = match (&attachment.panic, state) {
+            (Some((reason, vcpu)), VmState::Crashed) => crash_reason(reason, *vcpu),
+            (None, VmState::Crashed) => {
+                "the guest crashed before hangard connected; destroy or reboot it".to_string()
+            }
+            _ => String::new(),
+        };
         {
             let mut inner = self.lock();
             let runtime = inner.runtime.entry(*uuid).or_insert_with(VmRuntime::new);
-            runtime.link = Some(link);
+            runtime.link = Some(attachment.link.clone());
             runtime.history.restart();
         }
-        let reason = match status.state {
-            RunState::Crashed => "the guest crashed".to_string(),
-            _ => String::new(),
-        };
-        self.set_state(uuid, status.state.into(), reason);
-        Ok(())
+        self.set_state(uuid, state, reason);
+        let me = self.me.clone();
+        let id = *uuid;
+        let followed = attachment.follow(move |event| {
+            if let Some(inventory) = me.upgrade() {
+                inventory.on_worker_event(&id, event);
+            }
+        });
+        if let Err(err) = &followed {
+            if let Some(runtime) = self.lock().runtime.get_mut(uuid) {
+                runtime.link = None;
+            }
+            let reason = format!("hangard cannot follow the worker ({err}); destroy it");
+            self.set_state(uuid, VmState::Crashed, reason);
+        }
+        followed
     }
 
     fn on_worker_event(&self, uuid: &Uuid, event: WorkerEvent) {
@@ -630,11 +662,7 @@ impl Inventory {
                 self.set_state(uuid, state.into(), reason);
             }
             WorkerEvent::GuestPanic { reason, vcpu } => {
-                self.set_state(
-                    uuid,
-                    VmState::Crashed,
-                    format!("the guest crashed ({reason} on vCPU {vcpu}); destroy or reboot it"),
-                );
+                self.set_state(uuid, VmState::Crashed, crash_reason(&reason, vcpu));
             }
             WorkerEvent::Reset(_) | WorkerEvent::Shutdown(_) => {}
             WorkerEvent::Exited(exit) => self.on_worker_exit(uuid, exit),
@@ -650,6 +678,7 @@ impl Inventory {
                 runtime.history.restart();
             }
         }
+        network::stop_networks(&runtime_dir);
         if exit.clean {
             runtime_dir.clear();
             self.set_state(uuid, VmState::Shutoff, String::new());
@@ -698,6 +727,7 @@ impl Inventory {
                 // A clean exit removes the sockets; a leftover one means the worker died.
                 let tail = runtime_dir.log_tail(LOG_TAIL_LINES);
                 runtime_dir.clear();
+                network::stop_networks(&runtime_dir);
                 self.set_state(
                     &uuid,
                     VmState::Crashed,
@@ -711,6 +741,7 @@ impl Inventory {
                 ));
             } else {
                 runtime_dir.clear();
+                network::stop_networks(&runtime_dir);
             }
         }
         notes
@@ -750,7 +781,16 @@ impl Inventory {
             Err(err) => {
                 // A crashed VM whose worker is gone: destroying just acknowledges it.
                 if self.state(uuid).0 == VmState::Crashed {
+                    // A worker that lives on but stopped answering goes now.
+                    if let Some(pid) = self.runtime_dir(uuid).read_pid() {
+                        if supervisor::worker_alive(pid) {
+                            // SAFETY: kill(2) on a pid checked just now to be a live
+                            // hangar-vmm worker, recorded in this VM's runtime directory.
+                            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                        }
+                    }
                     self.runtime_dir(uuid).clear();
+                    network::stop_networks(&self.runtime_dir(uuid));
                     self.set_state(uuid, VmState::Shutoff, String::new());
                     return Ok(());
                 }
@@ -996,6 +1036,38 @@ impl Inventory {
     }
 }
 
+/// Ends a worker this hangard spawned but could not attach to. A worker whose guest powered off
+/// at once may close the connection before hangard got its status; it is given a moment to exit
+/// by itself. Returns whether it exited with status 0 (its guest powered off).
+fn reap_failed_worker(pid: u32) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let mut status = 0;
+    loop {
+        // SAFETY: waitpid on the child this hangard spawned (its Child handle was dropped
+        // unreaped); `status` outlives the call.
+        let reaped = unsafe { libc::waitpid(pid as i32, &mut status, libc::WNOHANG) };
+        if reaped == pid as i32 {
+            return libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+        }
+        if reaped != 0 {
+            return false;
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // SAFETY: kill(2) on that same child, still running and unreaped.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    // SAFETY: as above; reaps it so no zombie is left.
+    unsafe { libc::waitpid(pid as i32, &mut status, 0) };
+    false
+}
+
+fn crash_reason(reason: &str, vcpu: u8) -> String {
+    format!("the guest crashed ({reason} on vCPU {vcpu}); destroy or reboot it")
+}
+
 /// Names of the VMs (other than `except`) whose disks include `volume`.
 fn users_of(store: &DefinitionStore, volume: &str, except: Option<&Uuid>) -> String {
     store
@@ -1005,4 +1077,143 @@ fn users_of(store: &DefinitionStore, volume: &str, except: Option<&Uuid>) -> Str
         .map(|d| format!("{:?}", d.name))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::capabilities::Acceleration;
+
+    struct Scratch(PathBuf);
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn inventory(tag: &str, kvm_usable: bool) -> (Arc<Inventory>, Receiver<HostEvent>, Scratch) {
+        let root = std::env::temp_dir().join(format!("hangar-inv-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let paths = HostPaths {
+            definitions: root.join("vms"),
+            images: root.join("images"),
+            runtime: root.join("run"),
+        };
+        let capabilities = HostCapabilities {
+            kvm_usable,
+            kvm_problem: if kvm_usable {
+                String::new()
+            } else {
+                "/dev/kvm does not exist; enable virtualization".into()
+            },
+            acceleration: Acceleration::None,
+            kvm_modules: Vec::new(),
+            host_cpus: 1,
+            host_memory_bytes: 1 << 30,
+            passt: None,
+            qemu_img: None,
+        };
+        let (inventory, events, skipped) = Inventory::open(
+            paths,
+            PathBuf::from("/nonexistent/hangar-vmm"),
+            capabilities,
+        )
+        .unwrap();
+        assert!(skipped.is_empty());
+        (inventory, events, Scratch(root))
+    }
+
+    fn definition(name: &str) -> String {
+        let kernel = std::env::current_exe().unwrap();
+        format!(
+            r#"{{"name":"{name}","kernel":{:?}}}"#,
+            kernel.display().to_string()
+        )
+    }
+
+    #[test]
+    fn without_kvm_start_is_refused_with_the_reason() {
+        let (inventory, _events, _scratch) = inventory("nokvm", false);
+        let uuid = inventory.define(&definition("a")).unwrap();
+        let err = inventory.start(&uuid).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unsupported);
+        assert!(err.to_string().contains("/dev/kvm does not exist"), "{err}");
+        assert_eq!(inventory.state(&uuid).0, VmState::Shutoff);
+    }
+
+    #[test]
+    fn a_missing_worker_binary_fails_the_start_cleanly() {
+        let (inventory, _events, _scratch) = inventory("novmm", true);
+        let uuid = inventory.define(&definition("a")).unwrap();
+        let err = inventory.start(&uuid).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Failed);
+        assert!(err.to_string().contains("--vmm"), "{err}");
+        // Nothing is left half-started: a second try fails the same way, not "already active".
+        assert_eq!(
+            inventory.start(&uuid).unwrap_err().kind(),
+            ErrorKind::Failed
+        );
+    }
+
+    #[test]
+    fn lifecycle_calls_on_a_shut_off_vm_say_what_to_do() {
+        let (inventory, _events, _scratch) = inventory("state", true);
+        let uuid = inventory.define(&definition("idle")).unwrap();
+        for err in [
+            inventory.shutdown(&uuid).unwrap_err(),
+            inventory.suspend(&uuid).unwrap_err(),
+            inventory.destroy(&uuid).unwrap_err(),
+            inventory.stats(&uuid).unwrap_err(),
+        ] {
+            assert_eq!(err.kind(), ErrorKind::InvalidState, "{err}");
+            assert!(err.to_string().contains("\"idle\" is shutoff"), "{err}");
+        }
+        assert!(inventory.open_serial(&uuid).is_err());
+        assert!(inventory.stats_history(&uuid).unwrap().is_empty());
+    }
+
+    #[test]
+    fn updates_are_announced_and_lookups_follow_renames() {
+        let (inventory, events, _scratch) = inventory("update", true);
+        let uuid = inventory.define(&definition("old")).unwrap();
+        assert_eq!(inventory.update(&uuid, &definition("new"), 1).unwrap(), 2);
+        assert_eq!(
+            events.try_recv().unwrap(),
+            HostEvent::DefinitionChanged {
+                uuid,
+                generation: 2
+            }
+        );
+        assert_eq!(inventory.lookup("new").unwrap(), uuid);
+        assert_eq!(
+            inventory.lookup("old").unwrap_err().kind(),
+            ErrorKind::NotFound
+        );
+        let err = inventory
+            .update(&uuid, &definition("newer"), 1)
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Conflict);
+        assert_eq!(inventory.list()[0].name, "new");
+    }
+
+    #[test]
+    fn shared_volumes_are_kept_when_one_vm_goes_with_its_storage() {
+        let (inventory, _events, _scratch) = inventory("shared", true);
+        let kernel = std::env::current_exe().unwrap().display().to_string();
+        let with_disk = |name: &str| {
+            format!(
+                r#"{{"name":"{name}","kernel":{kernel:?},"disks":[{{"volume":"shared.img"}}]}}"#
+            )
+        };
+        let a = inventory.define(&with_disk("a")).unwrap();
+        inventory.define(&with_disk("b")).unwrap();
+        let err = inventory.undefine(&a, true).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InUse);
+        assert!(err.to_string().contains("\"b\""), "{err}");
+        assert_eq!(inventory.list().len(), 2, "nothing was undefined");
+        let err = inventory.delete_volume("shared.img").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InUse);
+        inventory.undefine(&a, false).unwrap();
+        assert_eq!(inventory.list().len(), 1);
+    }
 }

@@ -40,8 +40,12 @@ pub enum SupervisorError {
     RuntimeDir { path: PathBuf, source: io::Error },
     #[error("cannot start worker {vmm}: {source}; check the path or pass hangard --vmm PATH")]
     Spawn { vmm: PathBuf, source: io::Error },
-    #[error("the worker exited during startup ({status}): {log}")]
-    StartupFailed { status: String, log: String },
+    #[error("the worker exited during startup ({status})")]
+    StartupFailed {
+        status: String,
+        /// It exited with status 0: the guest powered off before anyone connected.
+        clean: bool,
+    },
     #[error("the worker's control socket {path} did not answer within {timeout:?}: {reason}")]
     Connect {
         path: PathBuf,
@@ -303,6 +307,38 @@ pub enum WorkerEvent {
 
 type Pending = Arc<Mutex<HashMap<u64, Sender<Value>>>>;
 
+/// A worker connected and asked for its status, its events not followed yet.
+pub struct Attachment {
+    pub link: Arc<WorkerLink>,
+    pub status: Status,
+    /// Why the guest crashed, if the worker said so before the status reply.
+    pub panic: Option<(String, u8)>,
+    reader: BufReader<UnixStream>,
+    child: Option<Child>,
+    announced_shutdown: bool,
+}
+
+impl Attachment {
+    /// Follows the worker's events on a thread of its own until the worker goes away.
+    pub fn follow(
+        self,
+        on_event: impl FnMut(WorkerEvent) + Send + 'static,
+    ) -> Result<(), SupervisorError> {
+        let pending = self.link.pending.clone();
+        let pid = self.link.pid;
+        let (reader, child, announced) = (self.reader, self.child, self.announced_shutdown);
+        std::thread::Builder::new()
+            .name(format!("worker-{pid}"))
+            .spawn(move || read_worker(reader, pending, pid, child, announced, on_event))
+            .map(drop)
+            .map_err(|err| SupervisorError::Connect {
+                path: PathBuf::new(),
+                timeout: Duration::ZERO,
+                reason: format!("cannot start the reader thread: {err}"),
+            })
+    }
+}
+
 /// A connection to one worker's control socket.
 pub struct WorkerLink {
     writer: Mutex<UnixStream>,
@@ -312,16 +348,16 @@ pub struct WorkerLink {
 }
 
 impl WorkerLink {
-    /// Connects to a worker, waits for its hello and starts the reader thread. `child` is the
-    /// worker process when this hangard started it (its exit status is then known exactly).
-    /// Returns the link and the worker's status.
+    /// Connects to a worker, waits for its hello and asks for its status. `child` is the worker
+    /// process when this hangard started it (its exit status is then known exactly). Events
+    /// are not followed yet: the caller records the link and the status first, then calls
+    /// [`Attachment::follow`], so no event can overtake the status.
     pub fn attach(
         control: &Path,
         pid: u32,
         mut child: Option<Child>,
         timeout: Duration,
-        on_event: impl FnMut(WorkerEvent) + Send + 'static,
-    ) -> Result<(Arc<WorkerLink>, Status), SupervisorError> {
+    ) -> Result<Attachment, SupervisorError> {
         let deadline = Instant::now() + timeout;
         let connect_err = |reason: String| SupervisorError::Connect {
             path: control.to_path_buf(),
@@ -336,7 +372,7 @@ impl WorkerLink {
                         if let Ok(Some(status)) = child.try_wait() {
                             return Err(SupervisorError::StartupFailed {
                                 status: describe_status(&status),
-                                log: String::new(),
+                                clean: status.success(),
                             });
                         }
                     } else if !worker_alive(pid) {
@@ -345,29 +381,54 @@ impl WorkerLink {
                     if Instant::now() >= deadline {
                         return Err(connect_err(err.to_string()));
                     }
-                    std::thread::sleep(Duration::from_millis(2));
+                    std::thread::sleep(Duration::from_micros(500));
                 }
             }
         };
         let io_err = |err: io::Error| connect_err(err.to_string());
-        stream
-            .set_read_timeout(Some(
-                deadline
-                    .saturating_duration_since(Instant::now())
-                    .max(Duration::from_millis(100)),
-            ))
-            .map_err(io_err)?;
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(100));
+        stream.set_read_timeout(Some(left)).map_err(io_err)?;
         let mut reader = BufReader::new(stream.try_clone().map_err(io_err)?);
-        let mut hello = String::new();
-        reader.read_line(&mut hello).map_err(io_err)?;
-        let hello: Value = serde_json::from_str(&hello)
-            .map_err(|err| connect_err(format!("no hello from the worker: {err}")))?;
+        let mut next_message = || -> Result<Value, SupervisorError> {
+            let mut line = String::new();
+            match reader.read_line(&mut line) {
+                Ok(0) => Err(connect_err("the worker closed the connection".into())),
+                Ok(_) => serde_json::from_str(&line)
+                    .map_err(|err| connect_err(format!("the worker sent {line:?}: {err}"))),
+                Err(err) => Err(io_err(err)),
+            }
+        };
+        let hello = next_message()?;
         if hello["event"] != "hello" {
             return Err(connect_err(format!("expected a hello event, got {hello}")));
         }
         if hello["version"] != PROTOCOL_VERSION {
             return Err(SupervisorError::Version(hello["version"].clone()));
         }
+        (&stream)
+            .write_all(b"{\"cmd\":\"status\",\"id\":0}\n")
+            .map_err(io_err)?;
+        // Events before the reply are summed up by the status itself, except why a guest
+        // crashed and whether the worker is shutting down.
+        let mut panic = None;
+        let mut announced_shutdown = false;
+        let reply = loop {
+            let message = next_message()?;
+            match serde_json::from_value::<Event>(message.clone()) {
+                Ok(Event::GuestPanic { reason, vcpu }) => panic = Some((reason, vcpu)),
+                Ok(Event::Shutdown { .. }) => announced_shutdown = true,
+                Ok(_) => {}
+                Err(_) if message.get("event").is_some() => {}
+                Err(_) => break message,
+            }
+        };
+        if reply["ok"] != true {
+            return Err(connect_err(format!("status failed: {reply}")));
+        }
+        let status: Status = serde_json::from_value(reply)
+            .map_err(|err| connect_err(format!("unexpected status reply: {err}")))?;
         stream.set_read_timeout(None).map_err(io_err)?;
 
         let link = Arc::new(WorkerLink {
@@ -376,15 +437,14 @@ impl WorkerLink {
             next_id: AtomicU64::new(1),
             pid,
         });
-        let pending = link.pending.clone();
-        std::thread::Builder::new()
-            .name(format!("worker-{pid}"))
-            .spawn(move || read_worker(reader, pending, pid, child, on_event))
-            .map_err(io_err)?;
-        let reply = link.request("status", timeout)?;
-        let status: Status = serde_json::from_value(reply)
-            .map_err(|err| connect_err(format!("unexpected status reply: {err}")))?;
-        Ok((link, status))
+        Ok(Attachment {
+            link,
+            status,
+            panic,
+            reader,
+            child,
+            announced_shutdown,
+        })
     }
 
     /// Sends a command and waits for its reply (the reply's fields, without "ok" and "id").
@@ -438,9 +498,9 @@ fn read_worker(
     pending: Pending,
     pid: u32,
     child: Option<Child>,
+    mut announced_shutdown: bool,
     mut on_event: impl FnMut(WorkerEvent),
 ) {
-    let mut announced_shutdown = false;
     let mut line = String::new();
     loop {
         line.clear();

@@ -160,6 +160,16 @@ impl Host {
             .unwrap_or(false)
     }
 
+    /// The pid of whoever owns dev.hangar.Hangar on this bus, if that is not our hangard.
+    fn activated_hangard_pid(&self) -> Option<u32> {
+        let connection = self.bus().ok()?;
+        let proxy = zbus::blocking::fdo::DBusProxy::new(&connection).ok()?;
+        let pid = proxy
+            .get_connection_unix_process_id("dev.hangar.Hangar".try_into().ok()?)
+            .ok()?;
+        (Some(pid) != self.hangard.as_ref().map(Child::id)).then_some(pid)
+    }
+
     /// A client connection to this host's bus.
     pub fn bus(&self) -> zbus::Result<zbus::blocking::Connection> {
         zbus::blocking::connection::Builder::address(self.bus_address.as_str())?.build()
@@ -356,6 +366,10 @@ impl Drop for Host {
         if let Some(mut child) = self.hangard.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        // A hangard this test's bus activated is not our child; it goes too.
+        if let Some(pid) = self.activated_hangard_pid() {
+            let _ = Command::new("kill").arg(pid.to_string()).status();
         }
         let _ = self.bus.kill();
         let _ = self.bus.wait();

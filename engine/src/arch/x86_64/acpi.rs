@@ -85,11 +85,26 @@ fn isa_device(path: &str, hid: &str, port: u16, ports: u8, irq: u32) -> Vec<u8> 
     ))
 }
 
-/// The DSDT: the ISA devices by PNP id, and the S5 sleep state.
+/// AML for the pvpanic device: an ACPI (not EISA) id and one I/O port.
+fn pvpanic_device() -> Vec<u8> {
+    aml_bytes(&aml::Device::new(
+        "_SB_.PEVT".into(),
+        vec![
+            &aml::Name::new("_HID".into(), &"QEMU0001"),
+            &aml::Name::new(
+                "_CRS".into(),
+                &aml::ResourceTemplate::new(vec![&aml::IO::new(PVPANIC_PORT, PVPANIC_PORT, 1, 1)]),
+            ),
+        ],
+    ))
+}
+
+/// The DSDT: the ISA devices by PNP id, pvpanic, and the S5 sleep state.
 pub fn dsdt() -> Vec<u8> {
     let mut body = Vec::new();
     body.extend(isa_device("_SB_.COM1", "PNP0501", COM1_PORT, 8, COM1_IRQ));
     body.extend(isa_device("_SB_.RTC_", "PNP0B00", CMOS_PORT, 2, 8));
+    body.extend(pvpanic_device());
     body.extend(aml_bytes(&aml::Name::new(
         "_S5_".into(),
         &aml::Package::new(vec![&S5_SLEEP_TYPE, &S5_SLEEP_TYPE, &aml::ZERO, &aml::ZERO]),
@@ -241,5 +256,6 @@ mod tests {
         let dsdt = dsdt();
         assert!(dsdt.windows(4).any(|w| w == b"_S5_"));
         assert!(dsdt.windows(4).any(|w| w == b"COM1"));
+        assert!(dsdt.windows(8).any(|w| w == b"QEMU0001"));
     }
 }

@@ -83,48 +83,157 @@ pub struct LoadedInitrd {
 }
 
 /// Loads `path` into guest memory: ELF first, bzImage if it is not an ELF.
+///
+/// A bzImage whose payload Hangar can unpack boots as the ELF inside it, through PVH: the guest
+/// skips its own decompression. The unpacked kernel is cached (see [`KernelCache`]).
 pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, BootError> {
     let name = path.display().to_string();
     let mut file = File::open(path).map_err(|source| BootError::Open {
         path: name.clone(),
         source,
     })?;
-    let himem = Some(GuestAddress(HIMEM_START));
-    match Elf::load(mem, None, &mut file, himem) {
-        Ok(result) => {
-            let entry = match result.pvh_boot_cap {
-                PvhBootCapability::PvhEntryPresent(addr) => EntryPoint::Pvh(addr),
-                _ => EntryPoint::Linux64(result.kernel_load),
-            };
-            Ok(LoadedKernel {
-                entry,
-                setup_header: None,
-                end: result.kernel_end,
-            })
-        }
+    match load_elf(mem, &mut file) {
+        Ok(kernel) => Ok(kernel),
         Err(LoaderError::Elf(ElfError::InvalidElfMagicNumber)) => {
-            let result = BzImage::load(mem, None, &mut file, himem).map_err(|err| match err {
-                LoaderError::Bzimage(_) => BootError::UnknownKernelFormat {
-                    path: name.clone(),
-                    reason: err.to_string(),
-                },
-                other => BootError::KernelLoad {
-                    path: name.clone(),
-                    reason: other.to_string(),
-                },
-            })?;
-            Ok(LoadedKernel {
-                entry: EntryPoint::Linux64(
-                    result.kernel_load.unchecked_add(BZIMAGE_64BIT_ENTRY_OFFSET),
-                ),
-                setup_header: result.setup_header,
-                end: result.kernel_end,
-            })
+            // HANGAR_BOOT_BZIMAGE=1 keeps the guest's own decompressor, to compare the two.
+            let unpack = std::env::var_os("HANGAR_BOOT_BZIMAGE").is_none();
+            if let Some(kernel) = unpack
+                .then(KernelCache::default)
+                .and_then(|cache| cache.vmlinux(&mut file))
+                .and_then(|mut vmlinux| load_elf(mem, &mut vmlinux).ok())
+                .filter(|kernel| matches!(kernel.entry, EntryPoint::Pvh(_)))
+            {
+                return Ok(kernel);
+            }
+            load_bzimage(mem, &mut file, &name)
         }
         Err(err) => Err(BootError::KernelLoad {
             path: name,
             reason: err.to_string(),
         }),
+    }
+}
+
+fn load_elf<F: std::io::Read + vm_memory::ReadVolatile + std::io::Seek>(
+    mem: &GuestMemoryMmap,
+    image: &mut F,
+) -> Result<LoadedKernel, LoaderError> {
+    let result = Elf::load(mem, None, image, Some(GuestAddress(HIMEM_START)))?;
+    let entry = match result.pvh_boot_cap {
+        PvhBootCapability::PvhEntryPresent(addr) => EntryPoint::Pvh(addr),
+        _ => EntryPoint::Linux64(result.kernel_load),
+    };
+    Ok(LoadedKernel {
+        entry,
+        setup_header: None,
+        end: result.kernel_end,
+    })
+}
+
+fn load_bzimage(
+    mem: &GuestMemoryMmap,
+    file: &mut File,
+    name: &str,
+) -> Result<LoadedKernel, BootError> {
+    let result = BzImage::load(mem, None, file, Some(GuestAddress(HIMEM_START))).map_err(
+        |err| match err {
+            LoaderError::Bzimage(_) => BootError::UnknownKernelFormat {
+                path: name.to_string(),
+                reason: err.to_string(),
+            },
+            other => BootError::KernelLoad {
+                path: name.to_string(),
+                reason: other.to_string(),
+            },
+        },
+    )?;
+    Ok(LoadedKernel {
+        entry: EntryPoint::Linux64(result.kernel_load.unchecked_add(BZIMAGE_64BIT_ENTRY_OFFSET)),
+        setup_header: result.setup_header,
+        end: result.kernel_end,
+    })
+}
+
+/// Unpacked kernels, kept under `$XDG_CACHE_HOME/hangar/kernels` so a bzImage is unpacked once,
+/// not at every boot. Entries are named by the image's device, inode, size and mtime; a
+/// replaced kernel file gets a new entry, and only the newest few are kept.
+pub struct KernelCache {
+    dir: Option<std::path::PathBuf>,
+}
+
+/// Entries kept in the kernel cache.
+const KERNEL_CACHE_ENTRIES: usize = 4;
+
+impl Default for KernelCache {
+    fn default() -> Self {
+        let base = std::env::var_os("XDG_CACHE_HOME")
+            .map(std::path::PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache")));
+        KernelCache {
+            dir: base.map(|base| base.join("hangar/kernels")),
+        }
+    }
+}
+
+impl KernelCache {
+    /// The ELF inside the bzImage `image`, from the cache or freshly unpacked; `None` if the
+    /// payload cannot be unpacked. Cache trouble (read-only home, full disk) only costs speed.
+    pub fn vmlinux(&self, image: &mut File) -> Option<std::io::Cursor<Vec<u8>>> {
+        use std::io::{Read, Seek};
+        use std::os::unix::fs::MetadataExt;
+        let meta = image.metadata().ok()?;
+        let key = format!(
+            "{:x}-{:x}-{}-{}.vmlinux",
+            meta.dev(),
+            meta.ino(),
+            meta.size(),
+            meta.mtime() as i128 * 1_000_000_000 + i128::from(meta.mtime_nsec())
+        );
+        let entry = self.dir.as_ref().map(|dir| dir.join(&key));
+        if let Some(cached) = entry.as_ref().and_then(|entry| std::fs::read(entry).ok()) {
+            return Some(std::io::Cursor::new(cached));
+        }
+        let mut bytes = Vec::with_capacity(meta.size() as usize);
+        image.seek(std::io::SeekFrom::Start(0)).ok()?;
+        image.read_to_end(&mut bytes).ok()?;
+        let vmlinux = super::bzimage::extract_vmlinux(&bytes).ok()?;
+        drop(bytes);
+        if let (Some(dir), Some(entry)) = (&self.dir, &entry) {
+            // Best effort: a failure here only means the next boot unpacks again.
+            let _ = store_atomically(dir, entry, &vmlinux);
+            prune(dir, KERNEL_CACHE_ENTRIES);
+        }
+        Some(std::io::Cursor::new(vmlinux))
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file, so readers never see half an entry.
+fn store_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let result = File::create(&tmp)
+        .and_then(|mut file| file.write_all(bytes).and_then(|_| file.sync_all()))
+        .and_then(|_| std::fs::rename(&tmp, path));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Keeps the `keep` most recently modified entries of `dir`.
+fn prune(dir: &Path, keep: usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut files: Vec<(std::time::SystemTime, std::path::PathBuf)> = entries
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|ext| ext == "vmlinux"))
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    files.sort_by_key(|file| std::cmp::Reverse(file.0));
+    for (_, path) in files.into_iter().skip(keep) {
+        let _ = std::fs::remove_file(path);
     }
 }
 

@@ -70,6 +70,8 @@ pub const PM1A_EVT_PORT: u16 = 0x600;
 pub const PM1A_CNT_PORT: u16 = 0x604;
 /// ACPI system control interrupt (level, active high).
 pub const SCI_IRQ: u32 = 9;
+/// pvpanic device (QEMU's ISA port).
+pub const PVPANIC_PORT: u16 = 0x505;
 /// Reset control register (also the FADT reset register).
 pub const RESET_PORT: u16 = 0xcf9;
 /// SLP_TYP value of the S5 (soft off) sleep state, as published in the DSDT's `_S5_`.
