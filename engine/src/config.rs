@@ -150,19 +150,7 @@ impl fmt::Display for SerialMode {
     }
 }
 
-impl Serialize for SerialMode {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.to_string())
-    }
-}
-
-impl<'de> Deserialize<'de> for SerialMode {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        String::deserialize(deserializer)?
-            .parse()
-            .map_err(serde::de::Error::custom)
-    }
-}
+crate::serde_via_string!(SerialMode);
 
 /// Settings as they arrive from a file or flags: everything optional, nothing checked yet.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]

@@ -10,7 +10,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
 use crate::config::{ByteSize, DEFAULT_CMDLINE, MAX_MEMORY, MAX_VCPUS, MIN_MEMORY};
 
@@ -93,19 +93,7 @@ impl FromStr for Uuid {
     }
 }
 
-impl Serialize for Uuid {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.to_string())
-    }
-}
-
-impl<'de> Deserialize<'de> for Uuid {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        String::deserialize(deserializer)?
-            .parse()
-            .map_err(serde::de::Error::custom)
-    }
-}
+crate::serde_via_string!(Uuid);
 
 /// A disk: a volume of the default storage pool.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]

@@ -322,6 +322,19 @@ impl ControlClient {
     }
 }
 
+/// Asserts that a guest's clock (seconds since the epoch) is within 5 s of the host's.
+pub fn assert_clock_matches_host(guest: i64, what: &str) {
+    let host = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(
+        (host - guest).abs() <= 5,
+        "guest clock ({what}) is {} s off the host's",
+        host - guest
+    );
+}
+
 /// Reads everything from a stream until `needle` appears or the timeout passes.
 pub fn read_until(stream: &mut UnixStream, needle: &str, timeout: Duration) -> String {
     stream
