@@ -74,7 +74,7 @@ def main():
             stop(proc)
             print(f"run {run + 1}/{args.runs} {name}: /init after {boot[name][-1]:.2f} s", flush=True)
     for name, cmd in idle_cmds.items():
-        for _ in range(args.memory_runs):
+        for _ in range(args.memory_runs):  # 0: boot times only
             proc, _ = spawn(cmd)
             wait_for(proc, MARKER, 600)
             time.sleep(3)

@@ -37,7 +37,10 @@ def wait_for(proc, marker, timeout):
         if ready:
             chunk = os.read(fd, 65536)
             if not chunk:
-                raise RuntimeError(f"exited before {marker!r}:\n{output[-2000:].decode(errors='replace')}")
+                status = proc.wait()
+                errors = proc.stderr.read().decode(errors="replace")[-2000:]
+                raise RuntimeError(f"{proc.args[0]} exited with {status} before {marker!r}; "
+                                   f"stderr:\n{errors}\nconsole:\n{output[-1000:].decode(errors='replace')}")
             output += chunk
     return time.monotonic_ns(), output
 

@@ -121,17 +121,10 @@ impl Machine {
     /// Builds the VM, loads the kernel and prepares every vCPU, without running anything.
     pub fn build(kvm: &Kvm, config: &VmConfig, console: Console) -> Result<Machine, MachineError> {
         let vm = Arc::new(kvm_step("create a VM", kvm.create_vm())?);
-        kvm_step("set the TSS address", vm.set_tss_address(KVM_TSS_ADDR))?;
-        kvm_step("create the in-kernel irqchip", vm.create_irq_chip())?;
-        let pit = kvm_pit_config {
-            flags: KVM_PIT_SPEAKER_DUMMY,
-            ..Default::default()
-        };
-        kvm_step("create the in-kernel PIT", vm.create_pit2(pit))?;
-
         let memory = memory::create_guest_memory(config.memory)?;
-        // Registering RAM with KVM is the slowest step of start-up (it grows with the RAM size),
-        // so it runs beside the kernel loading and vCPU set-up, which do not need it.
+        // Registering RAM with KVM is the slowest step of start-up (milliseconds, mostly KVM
+        // waiting for a grace period), so it runs beside everything else that does not need it:
+        // the irqchip, kernel loading and vCPU set-up.
         std::thread::scope(|scope| {
             let slots = scope.spawn(|| register_memory(&vm, &memory));
             let built = Self::build_on(kvm, config, console, vm.clone(), &memory);
@@ -159,6 +152,13 @@ impl Machine {
         vm: Arc<VmFd>,
         memory: &GuestMemoryMmap,
     ) -> Result<MachineParts, MachineError> {
+        kvm_step("set the TSS address", vm.set_tss_address(KVM_TSS_ADDR))?;
+        kvm_step("create the in-kernel irqchip", vm.create_irq_chip())?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        kvm_step("create the in-kernel PIT", vm.create_pit2(pit))?;
         let kernel = boot::load_kernel(memory, &config.kernel)?;
         let initrd = match &config.initrd {
             Some(path) => Some(boot::load_initrd(memory, path, &kernel)?),
