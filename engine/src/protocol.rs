@@ -198,11 +198,21 @@ pub enum Event {
 pub struct Status {
     pub version: u32,
     pub state: RunState,
+    /// Why the guest crashed, while it is in state `crashed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crash: Option<Crash>,
     pub vcpus: u8,
     pub memory_bytes: u64,
     pub kernel: String,
     pub uptime_ms: u64,
     pub pid: u32,
+}
+
+/// A guest crash, as the `guest-panic` event reported it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Crash {
+    pub reason: String,
+    pub vcpu: u8,
 }
 
 /// Exit counts of one vCPU, by kind.

@@ -20,7 +20,7 @@ use crate::devices::serial::{Console, ConsoleClients};
 use crate::devices::{lock, MachineRequest};
 use crate::machine::{Machine, MachineError};
 use crate::protocol::{
-    Command, Event, Reply, Request, RequestError, RunState, Stats, Status, StopReason,
+    Command, Crash, Event, Reply, Request, RequestError, RunState, Stats, Status, StopReason,
     PROTOCOL_VERSION,
 };
 use crate::vcpu::{install_kick_handler, EventSender, VcpuEvent};
@@ -79,6 +79,13 @@ fn install_terminate_handlers(fd: &EventFd) -> io::Result<()> {
     Ok(())
 }
 
+fn crash_event(crash: &Crash) -> Event {
+    Event::GuestPanic {
+        reason: crash.reason.clone(),
+        vcpu: crash.vcpu,
+    }
+}
+
 /// Binds a Unix socket, replacing a stale socket file but never a live one.
 fn bind_socket(path: &Path) -> Result<UnixListener, WorkerError> {
     if path.exists() {
@@ -132,6 +139,8 @@ pub struct Worker {
     kvm: Kvm,
     machine: Machine,
     state: RunState,
+    /// Why the guest crashed, kept for `status` and for clients that connect later.
+    crash: Option<Crash>,
     console: Console,
     epoll: Epoll,
     wake: Arc<EventFd>,
@@ -196,6 +205,7 @@ impl Worker {
             kvm,
             machine,
             state: RunState::Running,
+            crash: None,
             console,
             epoll,
             wake,
@@ -330,14 +340,16 @@ impl Worker {
         }
         self.machine.pause();
         self.set_state(RunState::Crashed);
-        self.broadcast(&Event::GuestPanic {
-            reason: reason.clone(),
-            vcpu,
-        });
+        let crash = Crash { reason, vcpu };
+        self.broadcast(&crash_event(&crash));
         if self.control_listener.is_none() {
-            eprintln!("hangar-vmm: the guest crashed on vCPU {vcpu} ({reason}); stopping");
+            eprintln!(
+                "hangar-vmm: the guest crashed on vCPU {} ({}); stopping",
+                crash.vcpu, crash.reason
+            );
             return Ok(Flow::Exit(EXIT_GUEST_CRASHED));
         }
+        self.crash = Some(crash);
         Ok(Flow::Continue)
     }
 
@@ -353,6 +365,7 @@ impl Worker {
         // Drain events of the old machine so they cannot act on the new one.
         while self.events_rx.try_recv().is_ok() {}
         self.machine = Machine::build(&self.kvm, &self.config, self.console.clone())?;
+        self.crash = None;
         self.machine.start(&self.events_tx)?;
         self.broadcast(&Event::Reset { reason });
         self.set_state(RunState::Running);
@@ -392,6 +405,10 @@ impl Worker {
                 version: PROTOCOL_VERSION,
                 vmm: concat!("hangar-vmm ", env!("CARGO_PKG_VERSION")).to_string(),
             });
+            // A client that connects after a crash still learns about it.
+            if let Some(crash) = &self.crash {
+                client.send(&crash_event(crash));
+            }
             self.control_clients[slot] = Some(client);
         }
     }
@@ -509,6 +526,7 @@ impl Worker {
         Status {
             version: PROTOCOL_VERSION,
             state: self.state,
+            crash: self.crash.clone(),
             vcpus: self.config.vcpus,
             memory_bytes: self.config.memory,
             kernel: self.config.kernel.display().to_string(),

@@ -171,13 +171,22 @@ fn a_triple_fault_is_reported_and_the_worker_stays_up() {
     vmm.expect("faulting", BOOT);
     let event = control.wait_event("guest-panic");
     assert_eq!(event["reason"], "triple-fault");
-    assert_eq!(control.ok("status")["state"], "crashed");
+    let status = control.ok("status");
+    assert_eq!(status["state"], "crashed");
+    assert_eq!(status["crash"]["reason"], "triple-fault", "{status}");
+    // A client that connects after the crash is told about it right after hello.
+    let mut late = vmm.control();
+    assert_eq!(late.wait_event("guest-panic")["reason"], "triple-fault");
     let reply = control.request(json!({"cmd": "resume"}));
     assert_eq!(reply["ok"], false, "{reply}");
     // The worker still serves stats and can restart the guest.
     control.ok("stats");
     control.ok("reset");
     vmm.expect("HANGAR-TINY triplefault start", BOOT);
+    assert!(
+        control.ok("status").get("crash").is_none(),
+        "a reset clears the crash"
+    );
     control.ok("kill");
     assert!(vmm.wait(BOOT).success());
 }
