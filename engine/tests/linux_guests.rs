@@ -127,6 +127,20 @@ fn kernel_panic_is_reported(cache: &std::path::Path) {
     println!("== panic: reported through pvpanic, VM kept in state crashed: ok");
 }
 
+/// Runs a check, and inside the nested lab runs it once more if it fails. L2 guests there
+/// occasionally stall or reset in early boot under emulated SVM, with QEMU as the VMM too (see
+/// BENCHMARKS.md); a real fault fails both tries. Each retry is printed.
+fn once_more_if_the_lab_stalls(name: &str, check: impl Fn()) {
+    let in_lab = std::env::var_os("HANGAR_IN_LAB").is_some();
+    if !in_lab {
+        return check();
+    }
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(&check)).is_err() {
+        println!("== {name}: failed once inside the nested lab; trying again");
+        check();
+    }
+}
+
 #[test]
 fn debian_kernels_boot_with_two_vcpus_and_power_off() {
     let inside_lab = std::env::var_os("HANGAR_IN_LAB").is_some();
@@ -150,10 +164,10 @@ fn debian_kernels_boot_with_two_vcpus_and_power_off() {
                 guest_kit()
             };
             for flavor in KERNELS {
-                boot_and_check(&cache, flavor);
+                once_more_if_the_lab_stalls(flavor, || boot_and_check(&cache, flavor));
             }
-            reboot_exits_with_no_reboot(&cache);
-            kernel_panic_is_reported(&cache);
+            once_more_if_the_lab_stalls("reboot", || reboot_exits_with_no_reboot(&cache));
+            once_more_if_the_lab_stalls("panic", || kernel_panic_is_reported(&cache));
         }
         "pvm" => {
             println!(
