@@ -50,7 +50,7 @@ fn guest_kit() -> PathBuf {
 }
 
 /// How long a Linux guest may take to reach a marker (the nested lab is slow and shared).
-const BOOT: Duration = Duration::from_secs(240);
+const BOOT: Duration = Duration::from_secs(150);
 
 /// Starts the worker on a guest-kit kernel with 256 MiB and a control socket.
 fn start_linux(cache: &std::path::Path, flavor: &str, test: &str, extra: &[&str]) -> Vmm {
@@ -127,18 +127,19 @@ fn kernel_panic_is_reported(cache: &std::path::Path) {
     println!("== panic: reported through pvpanic, VM kept in state crashed: ok");
 }
 
-/// Runs a check, and inside the nested lab runs it once more if it fails. L2 guests there
-/// occasionally stall or reset in early boot under emulated SVM, with QEMU as the VMM too (see
-/// BENCHMARKS.md); a real fault fails both tries. Each retry is printed.
+/// Runs a check; inside the nested lab, up to three times. L2 guests there sometimes stall or
+/// reset in early boot under the emulated SVM (QEMU's guests too, see BENCHMARKS.md), and the
+/// cause is not known yet; a fault that always happens still fails. Each retry is printed.
 fn once_more_if_the_lab_stalls(name: &str, check: impl Fn()) {
     let in_lab = std::env::var_os("HANGAR_IN_LAB").is_some();
-    if !in_lab {
-        return check();
+    let tries = if in_lab { 3 } else { 1 };
+    for attempt in 1..tries {
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(&check)).is_ok() {
+            return;
+        }
+        println!("== {name}: try {attempt} failed inside the nested lab; trying again");
     }
-    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(&check)).is_err() {
-        println!("== {name}: failed once inside the nested lab; trying again");
-        check();
-    }
+    check();
 }
 
 #[test]
@@ -177,7 +178,7 @@ fn debian_kernels_boot_with_two_vcpus_and_power_off() {
             let me = std::env::current_exe().unwrap();
             let run_in_lab = || {
                 Command::new(repo_root().join("tests/lab/run"))
-                    .args(["--timeout", "900", "--env", "HANGAR_IN_LAB=1", "--"])
+                    .args(["--timeout", "1800", "--env", "HANGAR_IN_LAB=1", "--"])
                     .arg(&me)
                     .args([
                         "debian_kernels_boot_with_two_vcpus_and_power_off",
@@ -189,9 +190,9 @@ fn debian_kernels_boot_with_two_vcpus_and_power_off() {
                     .expect("run tests/lab/run")
             };
             let mut status = run_in_lab();
-            // 124: the lab timed out; 125: L1 itself died (QEMU's emulated SVM is not flawless
-            // under load). Neither says anything about Hangar, so the lab gets one more go.
-            if matches!(status.code(), Some(124) | Some(125)) {
+            // 125: L1 itself died (QEMU's emulated SVM is not flawless under load). That says
+            // nothing about Hangar, so the lab gets one more go. A timeout (124) is a failure.
+            if status.code() == Some(125) {
                 println!(
                     "Linux guests: the nested lab itself failed ({status}); running it once more"
                 );
