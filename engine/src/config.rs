@@ -277,7 +277,9 @@ pub struct VmConfig {
     pub no_reboot: bool,
 }
 
-fn check_readable_file(path: &Path) -> Result<(), String> {
+/// Checks that `path` is a non-empty regular file this process can open; the reason says what
+/// to do. The worker and hangard check kernels and initrds with it.
+pub fn check_readable_file(path: &Path) -> Result<(), String> {
     let meta = std::fs::metadata(path).map_err(|err| match err.kind() {
         std::io::ErrorKind::NotFound => "no such file; check the path".to_string(),
         std::io::ErrorKind::PermissionDenied => "permission denied; check its mode".to_string(),

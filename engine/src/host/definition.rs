@@ -7,7 +7,7 @@
 
 use std::fmt;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
@@ -344,11 +344,11 @@ impl VmDefinition {
 
     /// Checks that the kernel and initrd are readable files.
     pub fn check_files(&self) -> Result<(), DefinitionError> {
-        check_file(&self.kernel).map_err(|reason| {
+        crate::config::check_readable_file(&self.kernel).map_err(|reason| {
             DefinitionError::field("kernel", format!("{}: {reason}", self.kernel.display()))
         })?;
         if let Some(initrd) = &self.initrd {
-            check_file(initrd).map_err(|reason| {
+            crate::config::check_readable_file(initrd).map_err(|reason| {
                 DefinitionError::field("initrd", format!("{}: {reason}", initrd.display()))
             })?;
         }
@@ -379,19 +379,6 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     if name.contains("..") {
         return Err(format!("{name:?} must not contain \"..\""));
     }
-    Ok(())
-}
-
-fn check_file(path: &Path) -> Result<(), String> {
-    let meta = std::fs::metadata(path).map_err(|err| match err.kind() {
-        std::io::ErrorKind::NotFound => "no such file; check the path".to_string(),
-        std::io::ErrorKind::PermissionDenied => "permission denied; check its mode".to_string(),
-        _ => err.to_string(),
-    })?;
-    if !meta.is_file() {
-        return Err("not a regular file".into());
-    }
-    std::fs::File::open(path).map_err(|err| format!("cannot open it: {err}"))?;
     Ok(())
 }
 
