@@ -16,11 +16,16 @@ use crate::arch::x86_64::layout::*;
 use crate::arch::x86_64::{acpi, cpuid, msr, regs};
 use crate::config::VmConfig;
 use crate::devices::i8042::I8042;
+use crate::devices::pci::msix::{MsiRouter, MsixError};
+use crate::devices::pci::{self, PciBarWindow, PciBus, PciEcam};
 use crate::devices::pm::{PowerManagement, ResetControl};
 use crate::devices::pvpanic::PvPanic;
 use crate::devices::rtc::Cmos;
 use crate::devices::serial::{Console, SerialPort};
-use crate::devices::{lock, InterruptLine, PioBus};
+use crate::devices::virtio::pci::{VirtioPciDevice, BAR_SIZE};
+use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::VirtioDevice;
+use crate::devices::{lock, Buses, InterruptLine};
 use crate::memory::{self, MemoryError};
 use crate::protocol::VcpuStats;
 use crate::vcpu::{EventSender, RunControl, VcpuSet, VcpuThread};
@@ -47,6 +52,10 @@ pub enum MachineError {
     EventFd(std::io::Error),
     #[error("cannot start a vCPU thread: {0}")]
     Thread(std::io::Error),
+    #[error("cannot set up the interrupts of a PCI device: {0}")]
+    Msix(#[from] MsixError),
+    #[error("no room for another PCI device (the bus or its memory window is full)")]
+    PciFull,
 }
 
 fn kvm_step<T>(
@@ -72,7 +81,7 @@ impl InterruptLine for KvmIrqLine {
 /// What [`Machine::build_on`] prepares besides guest RAM.
 struct MachineParts {
     vcpus: Vec<VcpuFd>,
-    bus: PioBus,
+    bus: Buses,
     serial: Arc<Mutex<SerialPort>>,
     pm: Arc<Mutex<PowerManagement>>,
 }
@@ -104,12 +113,56 @@ fn register_memory(vm: &VmFd, memory: &GuestMemoryMmap) -> Result<(), MachineErr
     Ok(())
 }
 
+/// Builds PCI bus 0 with `devices` on the virtio-pci transport, and puts its configuration
+/// access and BAR window on the buses.
+fn add_pci(
+    bus: &mut Buses,
+    vm: &Arc<VmFd>,
+    memory: &GuestMemoryMmap,
+    devices: Vec<Box<dyn VirtioDevice>>,
+) -> Result<(), MachineError> {
+    let pci = Arc::new(Mutex::new(PciBus::new(
+        PCI_BAR_WINDOW_START,
+        PCI_BAR_WINDOW_END,
+    )));
+    let router = Arc::new(Mutex::new(MsiRouter::new(vm.clone())));
+    for device in devices {
+        let bar = lock(&pci)
+            .allocate_bar(BAR_SIZE)
+            .ok_or(MachineError::PciFull)?;
+        let transport =
+            VirtioPciDevice::new(device, vm.clone(), memory.clone(), router.clone(), bar)?;
+        lock(&pci)
+            .add(Arc::new(Mutex::new(transport)))
+            .ok_or(MachineError::PciFull)?;
+    }
+    let (address, data) = pci::config_ports(pci.clone());
+    bus.pio
+        .insert(PCI_CONFIG_ADDRESS_PORT, 1, Arc::new(Mutex::new(address)));
+    bus.pio
+        .insert(PCI_CONFIG_DATA_PORT, 4, Arc::new(Mutex::new(data)));
+    bus.mmio.insert(
+        PCI_ECAM_START,
+        PCI_ECAM_SIZE,
+        Arc::new(Mutex::new(PciEcam(pci.clone()))),
+    );
+    bus.mmio.insert(
+        PCI_BAR_WINDOW_START,
+        PCI_BAR_WINDOW_END - PCI_BAR_WINDOW_START,
+        Arc::new(Mutex::new(PciBarWindow {
+            bus: pci,
+            base: PCI_BAR_WINDOW_START,
+        })),
+    );
+    Ok(())
+}
+
 /// A built machine, before or after its vCPUs start.
 pub struct Machine {
     // Field order is drop order: vCPUs go first, then devices, the VM and memory.
     vcpus: Option<VcpuSet>,
     pending_vcpus: Vec<VcpuFd>,
-    bus: Arc<PioBus>,
+    bus: Arc<Buses>,
     serial: Arc<Mutex<SerialPort>>,
     pm: Arc<Mutex<PowerManagement>>,
     _vm: Arc<VmFd>,
@@ -188,17 +241,22 @@ impl Machine {
         });
         let pm = Arc::new(Mutex::new(PowerManagement::new(sci)));
         let i8042 = Arc::new(Mutex::new(I8042::default()));
-        let mut bus = PioBus::default();
-        bus.insert(COM1_PORT, 8, serial.clone());
-        bus.insert(
+        let mut bus = Buses::default();
+        let virtio: Vec<Box<dyn VirtioDevice>> = vec![Box::new(Rng)];
+        add_pci(&mut bus, &vm, memory, virtio)?;
+        bus.pio.insert(COM1_PORT, 8, serial.clone());
+        bus.pio.insert(
             I8042_DATA_PORT,
             I8042_COMMAND_PORT - I8042_DATA_PORT + 1,
             i8042,
         );
-        bus.insert(CMOS_PORT, 2, Arc::new(Mutex::new(Cmos::default())));
-        bus.insert(PM1A_EVT_PORT, 6, pm.clone());
-        bus.insert(RESET_PORT, 1, Arc::new(Mutex::new(ResetControl::default())));
-        bus.insert(PVPANIC_PORT, 1, Arc::new(Mutex::new(PvPanic)));
+        bus.pio
+            .insert(CMOS_PORT, 2, Arc::new(Mutex::new(Cmos::default())));
+        bus.pio.insert(PM1A_EVT_PORT, 6, pm.clone());
+        bus.pio
+            .insert(RESET_PORT, 1, Arc::new(Mutex::new(ResetControl::default())));
+        bus.pio
+            .insert(PVPANIC_PORT, 1, Arc::new(Mutex::new(PvPanic)));
 
         let supported = kvm_step(
             "report its CPUID",

@@ -364,6 +364,7 @@ fn guests_above_3g_get_ram_past_the_mmio_gap() {
         "mem 0x00000000_00000000 0x00000000_0009fc00 type=1",
         "mem 0x00000000_0009fc00 0x00000000_00060400 type=2",
         "mem 0x00000000_00100000 0x00000000_bff00000 type=1",
+        "mem 0x00000000_e0000000 0x00000000_00100000 type=2",
         "mem 0x00000001_00000000 0x00000000_40000000 type=1",
     ];
     assert_eq!(map, expected, "memory map as the guest sees it");
