@@ -9,6 +9,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::disk::DiskSpec;
+
 /// Smallest guest RAM accepted: below this not even a tiny kernel fits.
 pub const MIN_MEMORY: u64 = 16 << 20;
 /// Largest guest RAM accepted.
@@ -172,6 +174,8 @@ pub struct VmSettings {
     pub control: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub no_reboot: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disks: Option<Vec<DiskSpec>>,
 }
 
 impl VmSettings {
@@ -198,6 +202,7 @@ impl VmSettings {
             serial: overrides.serial.or(self.serial),
             control: overrides.control.or(self.control),
             no_reboot: overrides.no_reboot.or(self.no_reboot),
+            disks: overrides.disks.or(self.disks),
         }
     }
 
@@ -258,6 +263,7 @@ impl VmSettings {
             serial: self.serial.unwrap_or_default(),
             control: self.control,
             no_reboot: self.no_reboot.unwrap_or(false),
+            disks: self.disks.unwrap_or_default(),
         })
     }
 }
@@ -275,6 +281,8 @@ pub struct VmConfig {
     pub control: Option<PathBuf>,
     /// Exit instead of resetting when the guest reboots.
     pub no_reboot: bool,
+    /// virtio-blk disks, in the order the guest sees them (vda, vdb, ...).
+    pub disks: Vec<DiskSpec>,
 }
 
 /// Checks that `path` is a non-empty regular file this process can open; the reason says what

@@ -2,9 +2,11 @@
 //! speak.
 
 pub mod arch;
+pub mod attachments;
 pub mod config;
 pub mod control;
 pub mod devices;
+pub mod disk;
 pub mod host;
 pub mod machine;
 pub mod memory;

@@ -14,6 +14,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::arch::x86_64::boot::{self, EntryPoint, LoadedKernel};
 use crate::arch::x86_64::layout::*;
 use crate::arch::x86_64::{acpi, cpuid, msr, regs};
+use crate::attachments::Attachments;
 use crate::config::VmConfig;
 use crate::devices::i8042::I8042;
 use crate::devices::pci::msix::{MsiRouter, MsixError};
@@ -22,6 +23,7 @@ use crate::devices::pm::{PowerManagement, ResetControl};
 use crate::devices::pvpanic::PvPanic;
 use crate::devices::rtc::Cmos;
 use crate::devices::serial::{Console, SerialPort};
+use crate::devices::virtio::block::Block;
 use crate::devices::virtio::pci::{VirtioPciDevice, BAR_SIZE};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::VirtioDevice;
@@ -172,7 +174,12 @@ pub struct Machine {
 
 impl Machine {
     /// Builds the VM, loads the kernel and prepares every vCPU, without running anything.
-    pub fn build(kvm: &Kvm, config: &VmConfig, console: Console) -> Result<Machine, MachineError> {
+    pub fn build(
+        kvm: &Kvm,
+        config: &VmConfig,
+        console: Console,
+        attachments: &Attachments,
+    ) -> Result<Machine, MachineError> {
         let vm = Arc::new(kvm_step("create a VM", kvm.create_vm())?);
         let memory = memory::create_guest_memory(config.memory)?;
         // Registering RAM with KVM is the slowest step of start-up (milliseconds, mostly KVM
@@ -180,7 +187,7 @@ impl Machine {
         // the irqchip, kernel loading and vCPU set-up.
         std::thread::scope(|scope| {
             let slots = scope.spawn(|| register_memory(&vm, &memory));
-            let built = Self::build_on(kvm, config, console, vm.clone(), &memory);
+            let built = Self::build_on(kvm, config, console, attachments, vm.clone(), &memory);
             let slots = slots
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
@@ -202,6 +209,7 @@ impl Machine {
         kvm: &Kvm,
         config: &VmConfig,
         console: Console,
+        attachments: &Attachments,
         vm: Arc<VmFd>,
         memory: &GuestMemoryMmap,
     ) -> Result<MachineParts, MachineError> {
@@ -242,7 +250,13 @@ impl Machine {
         let pm = Arc::new(Mutex::new(PowerManagement::new(sci)));
         let i8042 = Arc::new(Mutex::new(I8042::default()));
         let mut bus = Buses::default();
-        let virtio: Vec<Box<dyn VirtioDevice>> = vec![Box::new(Rng)];
+        let mut virtio: Vec<Box<dyn VirtioDevice>> = vec![Box::new(Rng)];
+        for attached in &attachments.disks {
+            virtio.push(Box::new(Block::new(
+                attached.disk.clone(),
+                attached.counters.clone(),
+            )));
+        }
         add_pci(&mut bus, &vm, memory, virtio)?;
         bus.pio.insert(COM1_PORT, 8, serial.clone());
         bus.pio.insert(

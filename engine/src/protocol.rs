@@ -239,6 +239,22 @@ pub struct Stats {
     pub state: RunState,
     pub memory_bytes: u64,
     pub vcpus: Vec<VcpuStats>,
+    /// One entry per disk, in `--disk` order.
+    #[serde(default)]
+    pub disks: Vec<DiskStats>,
+}
+
+/// Counters of one virtio-blk disk since the worker started.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskStats {
+    pub path: std::path::PathBuf,
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+    pub read_requests: u64,
+    pub write_requests: u64,
+    pub flushes: u64,
+    /// Requests that failed on the host (I/O errors).
+    pub errors: u64,
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::terminal::Terminal;
 
+use crate::attachments::Attachments;
 use crate::config::{SerialMode, VmConfig};
 use crate::control::{ControlClient, Line};
 use crate::devices::serial::{Console, ConsoleClients};
@@ -33,6 +34,8 @@ pub const EXIT_GUEST_CRASHED: i32 = 3;
 pub enum WorkerError {
     #[error(transparent)]
     Machine(#[from] MachineError),
+    #[error(transparent)]
+    Disk(#[from] crate::disk::DiskError),
     #[error("cannot listen on {path}: {source}")]
     Listen { path: PathBuf, source: io::Error },
     #[error("{0} is in use by another running worker; pick another path or stop that worker")]
@@ -137,7 +140,9 @@ enum Flow {
 pub struct Worker {
     config: VmConfig,
     kvm: Kvm,
+    // Declared before the attachments, so the devices using them stop first.
     machine: Machine,
+    attachments: Attachments,
     state: RunState,
     /// Why the guest crashed, kept for `status` and for clients that connect later.
     crash: Option<Crash>,
@@ -198,12 +203,14 @@ impl Worker {
             }
         };
 
-        let machine = Machine::build(&kvm, &config, console.clone())?;
+        let attachments = Attachments::open(&config)?;
+        let machine = Machine::build(&kvm, &config, console.clone(), &attachments)?;
         let worker = Worker {
             stdin_open: config.serial == SerialMode::Stdio,
             config,
             kvm,
             machine,
+            attachments,
             state: RunState::Running,
             crash: None,
             console,
@@ -364,7 +371,12 @@ impl Worker {
         self.machine.stop();
         // Drain events of the old machine so they cannot act on the new one.
         while self.events_rx.try_recv().is_ok() {}
-        self.machine = Machine::build(&self.kvm, &self.config, self.console.clone())?;
+        self.machine = Machine::build(
+            &self.kvm,
+            &self.config,
+            self.console.clone(),
+            &self.attachments,
+        )?;
         self.crash = None;
         self.machine.start(&self.events_tx)?;
         self.broadcast(&Event::Reset { reason });
@@ -476,6 +488,7 @@ impl Worker {
                     state: self.state,
                     memory_bytes: self.machine.memory_bytes(),
                     vcpus: self.machine.vcpu_stats(),
+                    disks: self.attachments.disk_stats(),
                 },
             ),
             Command::Pause => match self.state {

@@ -1,7 +1,8 @@
 //! `hangar-vmm`: runs one virtual machine.
 //!
 //! ```text
-//! hangar-vmm --kernel vmlinuz --initrd initrd.img --memory 256M --cpus 2 --serial stdio
+//! hangar-vmm --kernel vmlinuz --initrd initrd.img --memory 256M --cpus 2 --serial stdio \\
+//!     --disk path=disk.qcow2
 //! ```
 
 use std::path::PathBuf;
@@ -9,6 +10,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use hangar_engine::config::{ByteSize, SerialMode, VmSettings};
+use hangar_engine::disk::DiskSpec;
 use hangar_engine::worker::Worker;
 
 /// Run one virtual machine on KVM. On a terminal, press Ctrl-A x to quit.
@@ -39,6 +41,10 @@ struct Args {
     /// Exit when the guest reboots instead of restarting it.
     #[arg(long)]
     no_reboot: bool,
+    /// A virtio-blk disk: path=FILE[,format=raw|qcow2][,readonly=on][,serial=S]. Repeat for
+    /// more disks; the guest sees them as vda, vdb, ... in this order.
+    #[arg(long = "disk", value_parser = parse_disk)]
+    disks: Vec<DiskSpec>,
     /// Read settings from this JSON file; flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -53,6 +59,10 @@ fn parse_serial(text: &str) -> Result<SerialMode, String> {
         .map_err(|err: hangar_engine::config::ConfigError| err.to_string())
 }
 
+fn parse_disk(text: &str) -> Result<DiskSpec, String> {
+    text.parse()
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let flags = VmSettings {
@@ -64,6 +74,7 @@ fn main() -> ExitCode {
         serial: args.serial,
         control: args.control,
         no_reboot: args.no_reboot.then_some(true),
+        disks: (!args.disks.is_empty()).then_some(args.disks),
     };
     let result = match &args.config {
         Some(path) => VmSettings::from_file(path).map(|file| file.merge(flags)),

@@ -3,6 +3,7 @@
 //! transport ([`pci::VirtioPciDevice`]) does feature negotiation, queue set-up, notifications
 //! (ioeventfd) and interrupts (MSI-X).
 
+pub mod block;
 pub mod pci;
 pub mod rng;
 pub mod worker;
@@ -16,7 +17,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::devices::lock;
 use crate::devices::pci::msix::MsixTable;
 
-pub use virtio_queue::{Queue, QueueT};
+pub use virtio_queue::{DescriptorChain, Queue, QueueT};
 
 /// Device ids (virtio 1.2, 5).
 pub const TYPE_NET: u32 = 1;
@@ -122,4 +123,40 @@ impl Interrupt {
         self.status.fetch_or(STATUS_NEEDS_RESET, Ordering::SeqCst);
         self.signal_config();
     }
+}
+
+/// A chain popped from a queue, borrowing guest memory.
+pub type Chain<'a> = DescriptorChain<&'a GuestMemoryMmap>;
+
+/// Serves every chain the driver made available on queue `index`: `serve` handles one chain and
+/// returns how many bytes it wrote into it. Then interrupts the driver if the ring asks for it.
+/// Notifications stay off while the queue is drained, as the event-index protocol intends.
+pub fn drain_queue(
+    queue: &mut Queue,
+    memory: &GuestMemoryMmap,
+    index: usize,
+    interrupt: &Interrupt,
+    mut serve: impl FnMut(Chain<'_>) -> Result<u32, VirtioError>,
+) -> Result<(), VirtioError> {
+    let malformed = |err: virtio_queue::Error| VirtioError::Queue {
+        queue: index,
+        reason: err.to_string(),
+    };
+    let mut used_any = false;
+    loop {
+        queue.disable_notification(memory).map_err(malformed)?;
+        while let Some(chain) = queue.pop_descriptor_chain(memory) {
+            let head = chain.head_index();
+            let written = serve(chain)?;
+            queue.add_used(memory, head, written).map_err(malformed)?;
+            used_any = true;
+        }
+        if !queue.enable_notification(memory).map_err(malformed)? {
+            break;
+        }
+    }
+    if used_any && queue.needs_notification(memory).map_err(malformed)? {
+        interrupt.signal_queue(index);
+    }
+    Ok(())
 }

@@ -6,7 +6,7 @@ use std::io::Write;
 use vm_memory::GuestMemoryMmap;
 
 use super::worker::{DeviceThread, QueueHandler};
-use super::{ActivateContext, Interrupt, QueueT, VirtioDevice, VirtioError, F_VERSION_1};
+use super::{drain_queue, ActivateContext, Interrupt, VirtioDevice, VirtioError, F_VERSION_1};
 use super::{Queue, TYPE_RNG};
 
 const QUEUE_SIZE: u16 = 64;
@@ -81,34 +81,29 @@ fn fill_random(buffer: &mut [u8]) -> std::io::Result<()> {
 
 impl QueueHandler for RngQueue {
     fn queue_kicked(&mut self, index: usize) -> Result<(), VirtioError> {
-        let malformed = |reason: String| VirtioError::Queue {
-            queue: index,
-            reason,
-        };
-        let mut used_any = false;
-        while let Some(chain) = self.queue.pop_descriptor_chain(&self.memory) {
-            let head = chain.head_index();
-            let mut writer = chain
-                .writer(&self.memory)
-                .map_err(|err| malformed(err.to_string()))?;
-            let mut entropy = vec![0u8; writer.available_bytes().min(MAX_REQUEST)];
-            fill_random(&mut entropy).map_err(|err| VirtioError::Backend(err.to_string()))?;
-            writer
-                .write_all(&entropy)
-                .map_err(|err| malformed(err.to_string()))?;
-            self.queue
-                .add_used(&self.memory, head, entropy.len() as u32)
-                .map_err(|err| malformed(err.to_string()))?;
-            used_any = true;
-        }
-        if used_any
-            && self
-                .queue
-                .needs_notification(&self.memory)
-                .map_err(|err| malformed(err.to_string()))?
-        {
-            self.interrupt.signal_queue(index);
-        }
-        Ok(())
+        drain_queue(
+            &mut self.queue,
+            &self.memory,
+            index,
+            &self.interrupt,
+            |chain| {
+                let mut writer =
+                    chain
+                        .writer(&self.memory)
+                        .map_err(|err| VirtioError::Request {
+                            queue: index,
+                            reason: err.to_string(),
+                        })?;
+                let mut entropy = vec![0u8; writer.available_bytes().min(MAX_REQUEST)];
+                fill_random(&mut entropy).map_err(|err| VirtioError::Backend(err.to_string()))?;
+                writer
+                    .write_all(&entropy)
+                    .map_err(|err| VirtioError::Request {
+                        queue: index,
+                        reason: err.to_string(),
+                    })?;
+                Ok(entropy.len() as u32)
+            },
+        )
     }
 }
