@@ -10,6 +10,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::disk::DiskSpec;
+use crate::net::NetSpec;
 
 /// Smallest guest RAM accepted: below this not even a tiny kernel fits.
 pub const MIN_MEMORY: u64 = 16 << 20;
@@ -176,6 +177,8 @@ pub struct VmSettings {
     pub no_reboot: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disks: Option<Vec<DiskSpec>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nics: Option<Vec<NetSpec>>,
 }
 
 impl VmSettings {
@@ -203,6 +206,7 @@ impl VmSettings {
             control: overrides.control.or(self.control),
             no_reboot: overrides.no_reboot.or(self.no_reboot),
             disks: overrides.disks.or(self.disks),
+            nics: overrides.nics.or(self.nics),
         }
     }
 
@@ -264,6 +268,7 @@ impl VmSettings {
             control: self.control,
             no_reboot: self.no_reboot.unwrap_or(false),
             disks: self.disks.unwrap_or_default(),
+            nics: self.nics.unwrap_or_default(),
         })
     }
 }
@@ -283,6 +288,8 @@ pub struct VmConfig {
     pub no_reboot: bool,
     /// virtio-blk disks, in the order the guest sees them (vda, vdb, ...).
     pub disks: Vec<DiskSpec>,
+    /// virtio-net NICs, in order (eth0, eth1, ...).
+    pub nics: Vec<NetSpec>,
 }
 
 /// Checks that `path` is a non-empty regular file this process can open; the reason says what

@@ -10,6 +10,7 @@ pub mod disk;
 pub mod host;
 pub mod machine;
 pub mod memory;
+pub mod net;
 pub mod protocol;
 pub mod vcpu;
 pub mod worker;

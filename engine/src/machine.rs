@@ -23,7 +23,9 @@ use crate::devices::pm::{PowerManagement, ResetControl};
 use crate::devices::pvpanic::PvPanic;
 use crate::devices::rtc::Cmos;
 use crate::devices::serial::{Console, SerialPort};
+use crate::devices::virtio::balloon::{Balloon, SharedBalloonStats};
 use crate::devices::virtio::block::Block;
+use crate::devices::virtio::net::Net;
 use crate::devices::virtio::pci::{VirtioPciDevice, BAR_SIZE};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::VirtioDevice;
@@ -84,6 +86,7 @@ impl InterruptLine for KvmIrqLine {
 struct MachineParts {
     vcpus: Vec<VcpuFd>,
     bus: Buses,
+    balloon_stats: SharedBalloonStats,
     serial: Arc<Mutex<SerialPort>>,
     pm: Arc<Mutex<PowerManagement>>,
 }
@@ -167,6 +170,7 @@ pub struct Machine {
     bus: Arc<Buses>,
     serial: Arc<Mutex<SerialPort>>,
     pm: Arc<Mutex<PowerManagement>>,
+    balloon_stats: SharedBalloonStats,
     _vm: Arc<VmFd>,
     memory: GuestMemoryMmap,
     booted: Instant,
@@ -199,6 +203,7 @@ impl Machine {
             bus: Arc::new(parts.bus),
             serial: parts.serial,
             pm: parts.pm,
+            balloon_stats: parts.balloon_stats,
             _vm: vm,
             memory,
             booted: Instant::now(),
@@ -250,11 +255,20 @@ impl Machine {
         let pm = Arc::new(Mutex::new(PowerManagement::new(sci)));
         let i8042 = Arc::new(Mutex::new(I8042::default()));
         let mut bus = Buses::default();
-        let mut virtio: Vec<Box<dyn VirtioDevice>> = vec![Box::new(Rng)];
+        let balloon_stats = SharedBalloonStats::default();
+        let mut virtio: Vec<Box<dyn VirtioDevice>> =
+            vec![Box::new(Rng), Box::new(Balloon::new(balloon_stats.clone()))];
         for attached in &attachments.disks {
             virtio.push(Box::new(Block::new(
                 attached.disk.clone(),
                 attached.counters.clone(),
+            )));
+        }
+        for nic in &attachments.nics {
+            virtio.push(Box::new(Net::new(
+                nic.backend.clone(),
+                nic.counters.clone(),
+                nic.mac,
             )));
         }
         add_pci(&mut bus, &vm, memory, virtio)?;
@@ -290,6 +304,7 @@ impl Machine {
         Ok(MachineParts {
             vcpus: pending_vcpus,
             bus,
+            balloon_stats,
             serial,
             pm,
         })
@@ -343,6 +358,11 @@ impl Machine {
 
     pub fn vcpu_stats(&self) -> Vec<VcpuStats> {
         self.vcpus.as_ref().map(VcpuSet::stats).unwrap_or_default()
+    }
+
+    /// What the guest last reported about its memory, once its balloon driver runs.
+    pub fn balloon_stats(&self) -> Option<crate::protocol::BalloonStats> {
+        lock(&self.balloon_stats).clone()
     }
 
     pub fn memory_bytes(&self) -> u64 {

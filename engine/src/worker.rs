@@ -35,7 +35,7 @@ pub enum WorkerError {
     #[error(transparent)]
     Machine(#[from] MachineError),
     #[error(transparent)]
-    Disk(#[from] crate::disk::DiskError),
+    Attach(#[from] crate::attachments::AttachError),
     #[error("cannot listen on {path}: {source}")]
     Listen { path: PathBuf, source: io::Error },
     #[error("{0} is in use by another running worker; pick another path or stop that worker")]
@@ -489,6 +489,8 @@ impl Worker {
                     memory_bytes: self.machine.memory_bytes(),
                     vcpus: self.machine.vcpu_stats(),
                     disks: self.attachments.disk_stats(),
+                    nets: self.attachments.net_stats(),
+                    balloon: self.machine.balloon_stats(),
                 },
             ),
             Command::Pause => match self.state {

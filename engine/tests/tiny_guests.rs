@@ -299,17 +299,6 @@ fn a_config_file_is_read_and_flags_override_it() {
     assert!(vmm.wait(BOOT).success());
 }
 
-fn run_expecting_error(args: &[&str]) -> String {
-    let output = std::process::Command::new(vmm_binary())
-        .args(args)
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(1), "{output:?}");
-    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    stderr
-}
-
 #[test]
 fn bad_input_is_refused_with_a_message_naming_it() {
     require_kvm();

@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use hangar_engine::config::{ByteSize, SerialMode, VmSettings};
 use hangar_engine::disk::DiskSpec;
+use hangar_engine::net::NetSpec;
 use hangar_engine::worker::Worker;
 
 /// Run one virtual machine on KVM. On a terminal, press Ctrl-A x to quit.
@@ -45,6 +46,10 @@ struct Args {
     /// more disks; the guest sees them as vda, vdb, ... in this order.
     #[arg(long = "disk", value_parser = parse_disk)]
     disks: Vec<DiskSpec>,
+    /// A virtio-net NIC: user[,hostfwd=tcp:127.0.0.1:HOSTPORT-:GUESTPORT]... (passt, no root),
+    /// unix:PATH (a passt already listening there) or tap=NAME; each may add ,mac=XX:..:XX.
+    #[arg(long = "net", value_parser = parse_net)]
+    nics: Vec<NetSpec>,
     /// Read settings from this JSON file; flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -63,6 +68,10 @@ fn parse_disk(text: &str) -> Result<DiskSpec, String> {
     text.parse()
 }
 
+fn parse_net(text: &str) -> Result<NetSpec, String> {
+    text.parse()
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let flags = VmSettings {
@@ -75,6 +84,7 @@ fn main() -> ExitCode {
         control: args.control,
         no_reboot: args.no_reboot.then_some(true),
         disks: (!args.disks.is_empty()).then_some(args.disks),
+        nics: (!args.nics.is_empty()).then_some(args.nics),
     };
     let result = match &args.config {
         Some(path) => VmSettings::from_file(path).map(|file| file.merge(flags)),

@@ -3,7 +3,9 @@
 //! transport ([`pci::VirtioPciDevice`]) does feature negotiation, queue set-up, notifications
 //! (ioeventfd) and interrupts (MSI-X).
 
+pub mod balloon;
 pub mod block;
+pub mod net;
 pub mod pci;
 pub mod rng;
 pub mod worker;

@@ -17,7 +17,8 @@ pub trait QueueHandler: Send + 'static {
     fn backend_fds(&self) -> Vec<RawFd> {
         Vec::new()
     }
-    /// Back-end fd number `index` (in [`QueueHandler::backend_fds`] order) is readable.
+    /// Back-end fd number `index` (in [`QueueHandler::backend_fds`] order) became readable.
+    /// Back-end fds are edge-triggered: read until they would block, or resume on a kick.
     fn backend_ready(&mut self, _index: usize) -> Result<(), VirtioError> {
         Ok(())
     }
@@ -44,11 +45,14 @@ impl DeviceThread {
         let stop = EventFd::new(libc::EFD_NONBLOCK).map_err(backend)?;
         let epoll = Epoll::new().map_err(backend)?;
         let add = |fd: RawFd, token: u64| {
-            epoll.ctl(
-                ControlOperation::Add,
-                fd,
-                EpollEvent::new(EventSet::IN, token),
-            )
+            // Back-ends are edge-triggered: a handler may leave data unread while the guest has
+            // no buffers, and resumes when the guest kicks the queue.
+            let events = if token >= BACKEND_TOKEN_BASE {
+                EventSet::IN | EventSet::EDGE_TRIGGERED
+            } else {
+                EventSet::IN
+            };
+            epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(events, token))
         };
         add(stop.as_raw_fd(), STOP_TOKEN).map_err(backend)?;
         for (queue, kick) in &kicks {
