@@ -5,6 +5,7 @@ pub mod arch;
 pub mod config;
 pub mod control;
 pub mod devices;
+pub mod display;
 pub mod host;
 pub mod machine;
 pub mod memory;

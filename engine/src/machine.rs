@@ -5,22 +5,25 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use kvm_bindings::{
-    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_MEM_LOG_DIRTY_PAGES,
+    KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::arch::x86_64::boot::{self, EntryPoint, LoadedKernel};
+use crate::arch::x86_64::boot::{self, EntryPoint, LinearFramebuffer, LoadedKernel};
 use crate::arch::x86_64::layout::*;
 use crate::arch::x86_64::{acpi, cpuid, msr, regs};
 use crate::config::VmConfig;
 use crate::devices::i8042::I8042;
+use crate::devices::input::KeyboardRouter;
 use crate::devices::pm::{PowerManagement, ResetControl};
 use crate::devices::pvpanic::PvPanic;
 use crate::devices::rtc::Cmos;
 use crate::devices::serial::{Console, SerialPort};
 use crate::devices::{lock, InterruptLine, PioBus};
+use crate::display::Framebuffer;
 use crate::memory::{self, MemoryError};
 use crate::protocol::VcpuStats;
 use crate::vcpu::{EventSender, RunControl, VcpuSet, VcpuThread};
@@ -75,6 +78,24 @@ struct MachineParts {
     bus: PioBus,
     serial: Arc<Mutex<SerialPort>>,
     pm: Arc<Mutex<PowerManagement>>,
+    keyboards: KeyboardRouter,
+}
+
+/// Maps the framebuffer into the guest at [`FRAMEBUFFER_START`] with dirty-page logging, so
+/// the worker can find what the guest drew.
+fn register_framebuffer(vm: &VmFd, framebuffer: &Framebuffer) -> Result<(), MachineError> {
+    let mapping = kvm_userspace_memory_region {
+        slot: FRAMEBUFFER_SLOT,
+        guest_phys_addr: FRAMEBUFFER_START,
+        memory_size: framebuffer.size(),
+        userspace_addr: framebuffer.host_address(),
+        flags: KVM_MEM_LOG_DIRTY_PAGES,
+    };
+    // SAFETY: the worker owns the framebuffer mapping and keeps it alive longer than any
+    // machine (it outlives resets); the Machine holds an Arc to it as well.
+    kvm_step("map the framebuffer", unsafe {
+        vm.set_user_memory_region(mapping)
+    })
 }
 
 /// Tells KVM where guest RAM is, one memory slot per region.
@@ -112,22 +133,40 @@ pub struct Machine {
     bus: Arc<PioBus>,
     serial: Arc<Mutex<SerialPort>>,
     pm: Arc<Mutex<PowerManagement>>,
-    _vm: Arc<VmFd>,
+    keyboards: KeyboardRouter,
+    vm: Arc<VmFd>,
     memory: GuestMemoryMmap,
+    framebuffer: Option<Arc<Framebuffer>>,
     booted: Instant,
 }
 
 impl Machine {
     /// Builds the VM, loads the kernel and prepares every vCPU, without running anything.
-    pub fn build(kvm: &Kvm, config: &VmConfig, console: Console) -> Result<Machine, MachineError> {
+    /// `framebuffer` is the worker's, kept across resets; it must match `config.display`.
+    pub fn build(
+        kvm: &Kvm,
+        config: &VmConfig,
+        console: Console,
+        framebuffer: Option<Arc<Framebuffer>>,
+    ) -> Result<Machine, MachineError> {
         let vm = Arc::new(kvm_step("create a VM", kvm.create_vm())?);
         let memory = memory::create_guest_memory(config.memory)?;
+        if let Some(framebuffer) = &framebuffer {
+            register_framebuffer(&vm, framebuffer)?;
+        }
+        let announced = framebuffer.as_deref().map(|fb| LinearFramebuffer {
+            base: FRAMEBUFFER_START,
+            width: fb.width,
+            height: fb.height,
+            stride: fb.stride,
+            size: fb.size(),
+        });
         // Registering RAM with KVM is the slowest step of start-up (milliseconds, mostly KVM
         // waiting for a grace period), so it runs beside everything else that does not need it:
         // the irqchip, kernel loading and vCPU set-up.
         std::thread::scope(|scope| {
             let slots = scope.spawn(|| register_memory(&vm, &memory));
-            let built = Self::build_on(kvm, config, console, vm.clone(), &memory);
+            let built = Self::build_on(kvm, config, console, vm.clone(), &memory, announced);
             let slots = slots
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
@@ -139,8 +178,10 @@ impl Machine {
             bus: Arc::new(parts.bus),
             serial: parts.serial,
             pm: parts.pm,
-            _vm: vm,
+            keyboards: parts.keyboards,
+            vm,
             memory,
+            framebuffer,
             booted: Instant::now(),
         })
     }
@@ -151,6 +192,7 @@ impl Machine {
         console: Console,
         vm: Arc<VmFd>,
         memory: &GuestMemoryMmap,
+        framebuffer: Option<LinearFramebuffer>,
     ) -> Result<MachineParts, MachineError> {
         kvm_step("set the TSS address", vm.set_tss_address(KVM_TSS_ADDR))?;
         kvm_step("create the in-kernel irqchip", vm.create_irq_chip())?;
@@ -159,16 +201,21 @@ impl Machine {
             ..Default::default()
         };
         kvm_step("create the in-kernel PIT", vm.create_pit2(pit))?;
-        let kernel = boot::load_kernel(memory, &config.kernel)?;
+        let kernel = boot::load_kernel(memory, &config.kernel, framebuffer.is_some())?;
         let initrd = match &config.initrd {
             Some(path) => Some(boot::load_initrd(memory, path, &kernel)?),
             None => None,
         };
         boot::write_cmdline(memory, &config.cmdline)?;
         match kernel.entry {
-            EntryPoint::Linux64(_) => {
-                boot::write_zero_page(memory, &kernel, initrd, config.cmdline.len(), config.memory)?
-            }
+            EntryPoint::Linux64(_) => boot::write_zero_page(
+                memory,
+                &kernel,
+                initrd,
+                config.cmdline.len(),
+                config.memory,
+                framebuffer.as_ref(),
+            )?,
             EntryPoint::Pvh(_) => boot::write_pvh_start_info(memory, initrd, config.memory)?,
         }
         let tables = acpi::create_acpi_tables(config.vcpus);
@@ -187,7 +234,13 @@ impl Machine {
             irq: SCI_IRQ,
         });
         let pm = Arc::new(Mutex::new(PowerManagement::new(sci)));
-        let i8042 = Arc::new(Mutex::new(I8042::default()));
+        let i8042 = Arc::new(Mutex::new(I8042::new(Arc::new(KvmIrqLine {
+            vm: vm.clone(),
+            irq: I8042_KBD_IRQ,
+        }))));
+        // A virtio-input keyboard, once there is one, goes in front of the i8042.
+        let mut keyboards = KeyboardRouter::default();
+        keyboards.add(i8042.clone());
         let mut bus = PioBus::default();
         bus.insert(COM1_PORT, 8, serial.clone());
         bus.insert(
@@ -220,6 +273,7 @@ impl Machine {
             bus,
             serial,
             pm,
+            keyboards,
         })
     }
 
@@ -267,6 +321,20 @@ impl Machine {
 
     pub fn send_serial_input(&self, bytes: &[u8]) {
         lock(&self.serial).queue_input(bytes);
+    }
+
+    /// Types a key (Linux evdev code) on whichever keyboard the guest has enabled.
+    pub fn send_key(&self, evdev: u16, down: bool) {
+        self.keyboards.key(evdev, down);
+    }
+
+    /// The framebuffer pages the guest wrote since the last call, one bit per page; `None`
+    /// without a framebuffer or if KVM refused.
+    pub fn framebuffer_dirty_pages(&self) -> Option<Vec<u64>> {
+        let framebuffer = self.framebuffer.as_ref()?;
+        self.vm
+            .get_dirty_log(FRAMEBUFFER_SLOT, framebuffer.size() as usize)
+            .ok()
     }
 
     pub fn vcpu_stats(&self) -> Vec<VcpuStats> {

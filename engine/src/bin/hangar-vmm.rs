@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use hangar_engine::config::{ByteSize, SerialMode, VmSettings};
+use hangar_engine::config::{ByteSize, DisplaySetting, SerialMode, VmSettings};
 use hangar_engine::worker::Worker;
 
 /// Run one virtual machine on KVM. On a terminal, press Ctrl-A x to quit.
@@ -39,6 +39,13 @@ struct Args {
     /// Exit when the guest reboots instead of restarting it.
     #[arg(long)]
     no_reboot: bool,
+    /// Screen size WIDTHxHEIGHT (up to 3840x2160), or none [default: 1280x800 when a display
+    /// socket is given, else none].
+    #[arg(long, value_parser = parse_display)]
+    display: Option<DisplaySetting>,
+    /// Listen for display clients (framebuffer memfd, damage, input) on this Unix socket.
+    #[arg(long)]
+    display_socket: Option<PathBuf>,
     /// Read settings from this JSON file; flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -49,6 +56,11 @@ fn parse_size(text: &str) -> Result<ByteSize, String> {
 }
 
 fn parse_serial(text: &str) -> Result<SerialMode, String> {
+    text.parse()
+        .map_err(|err: hangar_engine::config::ConfigError| err.to_string())
+}
+
+fn parse_display(text: &str) -> Result<DisplaySetting, String> {
     text.parse()
         .map_err(|err: hangar_engine::config::ConfigError| err.to_string())
 }
@@ -64,6 +76,8 @@ fn main() -> ExitCode {
         serial: args.serial,
         control: args.control,
         no_reboot: args.no_reboot.then_some(true),
+        display: args.display,
+        display_socket: args.display_socket,
     };
     let result = match &args.config {
         Some(path) => VmSettings::from_file(path).map(|file| file.merge(flags)),

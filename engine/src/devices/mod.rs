@@ -1,9 +1,11 @@
 //! Device models and the port-I/O bus that dispatches vCPU exits to them.
 
 pub mod i8042;
+pub mod input;
 pub mod pm;
 pub mod pvpanic;
 pub mod rtc;
+pub mod scancode;
 pub mod serial;
 
 use std::sync::{Arc, Mutex};
