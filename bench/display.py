@@ -14,6 +14,10 @@ Figures:
            runs): those count as 0. The guest's own print time is not included, so the true
            draw-to-damage latency is this figure plus the time of ~8 port writes.
   stream   messages and bytes per second the client received while fbtick ran.
+  full     fbfill at 1920x1080 with page=1 dirties every framebuffer page per frame (a
+           full-screen update as far as the dirty log can tell) as fast as the guest can: the
+           guest's frames per second, the full-screen damage messages per second the client got,
+           and the event loop's CPU.
 """
 
 import argparse
@@ -37,9 +41,9 @@ def thread_cpu_ns(pid, tid):
         return int(f.read().split()[0])
 
 
-def start(vmm, guest, sock, cmdline=None):
+def start(vmm, guest, sock, cmdline=None, display="1024x768"):
     cmd = [vmm, "--kernel", f"{GUESTS}/tiny/{guest}.elf", "--memory", "32M",
-           "--display", "1024x768", "--display-socket", sock]
+           "--display", display, "--display-socket", sock]
     if cmdline:
         cmd += ["--cmdline", cmdline]
     return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -159,9 +163,54 @@ def latency(vmm, seconds, delay):
             q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] if lat else None
             return {"ticks": len(ticks), "ticks_per_s": round(len(ticks) / seconds, 1),
                     "latency_ms_p50": q(0.5), "latency_ms_p99": q(0.99),
+                    "latency_ms_p90": q(0.9),
                     "latency_ms_max": lat[-1] if lat else None, "samples": len(lat),
                     "messages_per_s": round(msgs / seconds, 1),
                     "bytes_per_s": round(nbytes / seconds)}
+        finally:
+            proc.kill()
+            proc.wait()
+
+
+def full_screen(vmm, seconds):
+    with tempfile.TemporaryDirectory() as tmp:
+        sock = f"{tmp}/d.sock"
+        proc = start(vmm, "fbfill", sock, "pixels=2073600 page=1", "1920x1080")
+        try:
+            s, pending = connect(sock)
+            wait_line(proc, "frame 2")
+            frames = []
+            stop = time.monotonic() + seconds
+
+            def serial():
+                buf = b""
+                while time.monotonic() < stop:
+                    ready, _, _ = select.select([proc.stdout], [], [], 0.1)
+                    if ready:
+                        buf += os.read(proc.stdout.fileno(), 65536)
+                        frames.extend(l for l in buf.split(b"\n")[:-1] if l.startswith(b"frame"))
+                        buf = buf.split(b"\n")[-1]
+
+            reader = threading.Thread(target=serial)
+            reader.start()
+            t0, c0 = time.monotonic_ns(), thread_cpu_ns(proc.pid, proc.pid)
+            full = 0
+            s.settimeout(0.2)
+            while time.monotonic() < stop:
+                try:
+                    pending += s.recv(65536)
+                except socket.timeout:
+                    continue
+                while b"\n" in pending:
+                    line, pending = pending.split(b"\n", 1)
+                    rects = json.loads(line).get("rects", [])
+                    if rects and rects[0]["y"] == 0 and rects[-1]["y"] + rects[-1]["height"] == 1080:
+                        full += 1
+            cpu = (thread_cpu_ns(proc.pid, proc.pid) - c0) / (time.monotonic_ns() - t0)
+            reader.join()
+            return {"guest_frames_per_s": round(len(frames) / seconds, 1),
+                    "full_screen_damage_per_s": round(full / seconds, 1),
+                    "event_loop_cpu_percent": round(100 * cpu, 3)}
         finally:
             proc.kill()
             proc.wait()
@@ -176,6 +225,7 @@ def main():
     subprocess.run([f"{ROOT}/tests/guests/tiny/build"], check=True, stdout=subprocess.DEVNULL)
     print(json.dumps({"idle": idle(args.vmm, args.seconds)}))
     print(json.dumps({"stream": latency(args.vmm, args.seconds, args.delay)}))
+    print(json.dumps({"full": full_screen(args.vmm, args.seconds)}))
 
 
 if __name__ == "__main__":
