@@ -50,7 +50,89 @@ pub enum ConfigError {
     Serial(String),
     #[error("control socket path {0}: {1}")]
     Control(PathBuf, String),
+    #[error("display {0:?}: {1}")]
+    Display(String, String),
+    #[error("display socket path {0}: {1}")]
+    DisplaySocket(PathBuf, String),
 }
+
+/// Screen size used when a display is wanted but no size given.
+pub const DEFAULT_DISPLAY: DisplaySize = DisplaySize {
+    width: 1280,
+    height: 800,
+};
+/// Largest screen accepted (4K UHD).
+pub const MAX_DISPLAY: DisplaySize = DisplaySize {
+    width: 3840,
+    height: 2160,
+};
+/// Smallest screen accepted: an 80x25 text console in an 8x16 font.
+pub const MIN_DISPLAY: DisplaySize = DisplaySize {
+    width: 640,
+    height: 400,
+};
+
+/// The size of the guest's screen in pixels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DisplaySize {
+    pub width: u32,
+    pub height: u32,
+}
+
+/// The `display` setting: a size such as `1280x800`, or `none` for a headless machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DisplaySetting {
+    None,
+    Size(DisplaySize),
+}
+
+impl FromStr for DisplaySetting {
+    type Err = ConfigError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bad = |reason: &str| ConfigError::Display(text.to_string(), reason.to_string());
+        if text == "none" {
+            return Ok(DisplaySetting::None);
+        }
+        let (w, h) = text
+            .split_once(['x', 'X'])
+            .ok_or_else(|| bad("expected WIDTHxHEIGHT such as 1280x800, or none"))?;
+        let parse = |part: &str| {
+            part.trim()
+                .parse::<u32>()
+                .map_err(|_| bad("width and height must be whole numbers, as in 1280x800"))
+        };
+        let size = DisplaySize {
+            width: parse(w)?,
+            height: parse(h)?,
+        };
+        if size.width < MIN_DISPLAY.width
+            || size.height < MIN_DISPLAY.height
+            || size.width > MAX_DISPLAY.width
+            || size.height > MAX_DISPLAY.height
+        {
+            return Err(bad(&format!(
+                "must be between {}x{} and {}x{}",
+                MIN_DISPLAY.width, MIN_DISPLAY.height, MAX_DISPLAY.width, MAX_DISPLAY.height
+            )));
+        }
+        if !size.width.is_multiple_of(8) {
+            return Err(bad("the width must be a multiple of 8"));
+        }
+        Ok(DisplaySetting::Size(size))
+    }
+}
+
+impl fmt::Display for DisplaySetting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DisplaySetting::None => f.write_str("none"),
+            DisplaySetting::Size(size) => write!(f, "{}x{}", size.width, size.height),
+        }
+    }
+}
+
+crate::serde_via_string!(DisplaySetting);
 
 /// A size in bytes that reads and writes as `256M`, `2G`, `4096K` or a plain byte count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -179,6 +261,12 @@ pub struct VmSettings {
     pub disks: Option<Vec<DiskSpec>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nics: Option<Vec<NetSpec>>,
+    /// Screen size, or `none`. Without it the machine has a display only if a display socket
+    /// is given, at [`DEFAULT_DISPLAY`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display: Option<DisplaySetting>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_socket: Option<PathBuf>,
 }
 
 impl VmSettings {
@@ -207,6 +295,8 @@ impl VmSettings {
             no_reboot: overrides.no_reboot.or(self.no_reboot),
             disks: overrides.disks.or(self.disks),
             nics: overrides.nics.or(self.nics),
+            display: overrides.display.or(self.display),
+            display_socket: overrides.display_socket.or(self.display_socket),
         }
     }
 
@@ -258,6 +348,22 @@ impl VmSettings {
                 .map_err(|reason| ConfigError::Control(control.clone(), reason))?;
         }
 
+        if let Some(socket) = &self.display_socket {
+            check_socket_path(socket)
+                .map_err(|reason| ConfigError::DisplaySocket(socket.clone(), reason))?;
+        }
+        let display = match (self.display, &self.display_socket) {
+            (Some(DisplaySetting::Size(size)), _) => Some(size),
+            (Some(DisplaySetting::None), Some(socket)) => {
+                return Err(ConfigError::DisplaySocket(
+                    socket.clone(),
+                    "given with display none; drop one of the two".into(),
+                ))
+            }
+            (Some(DisplaySetting::None), None) | (None, None) => None,
+            (None, Some(_)) => Some(DEFAULT_DISPLAY),
+        };
+
         Ok(VmConfig {
             kernel,
             initrd: self.initrd,
@@ -269,6 +375,8 @@ impl VmSettings {
             no_reboot: self.no_reboot.unwrap_or(false),
             disks: self.disks.unwrap_or_default(),
             nics: self.nics.unwrap_or_default(),
+            display,
+            display_socket: self.display_socket,
         })
     }
 }
@@ -290,6 +398,10 @@ pub struct VmConfig {
     pub disks: Vec<DiskSpec>,
     /// virtio-net NICs, in order (eth0, eth1, ...).
     pub nics: Vec<NetSpec>,
+    /// The framebuffer's size; `None` for a headless machine.
+    pub display: Option<DisplaySize>,
+    /// Where display clients connect.
+    pub display_socket: Option<PathBuf>,
 }
 
 /// Checks that `path` is a non-empty regular file this process can open; the reason says what
@@ -434,6 +546,54 @@ mod tests {
         assert_eq!(config.cmdline, DEFAULT_CMDLINE);
         assert_eq!(config.serial, SerialMode::Stdio);
         assert!(!config.no_reboot);
+    }
+
+    #[test]
+    fn display_sizes_parse_and_are_bounded() {
+        assert_eq!(
+            "1920x1080".parse::<DisplaySetting>().unwrap(),
+            DisplaySetting::Size(DisplaySize {
+                width: 1920,
+                height: 1080
+            })
+        );
+        assert_eq!(
+            "none".parse::<DisplaySetting>().unwrap(),
+            DisplaySetting::None
+        );
+        for bad in ["1280", "axb", "3848x2160", "320x200", "1283x800", "1280x-1"] {
+            let err = bad.parse::<DisplaySetting>().unwrap_err().to_string();
+            assert!(err.contains(bad), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_display_socket_brings_the_default_display() {
+        let config = with_kernel(VmSettings {
+            display_socket: Some("/tmp/d.sock".into()),
+            ..Default::default()
+        })
+        .validate()
+        .unwrap();
+        assert_eq!(config.display, Some(DEFAULT_DISPLAY));
+        let config = with_kernel(VmSettings::default()).validate().unwrap();
+        assert_eq!(config.display, None);
+        let err = with_kernel(VmSettings {
+            display: Some(DisplaySetting::None),
+            display_socket: Some("/tmp/d.sock".into()),
+            ..Default::default()
+        })
+        .validate()
+        .unwrap_err();
+        assert!(err.to_string().contains("display none"), "{err}");
+        let settings: VmSettings = serde_json::from_str(r#"{"display":"1024x768"}"#).unwrap();
+        assert_eq!(
+            settings.display,
+            Some(DisplaySetting::Size(DisplaySize {
+                width: 1024,
+                height: 768
+            }))
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod config;
 pub mod control;
 pub mod devices;
 pub mod disk;
+pub mod display;
 pub mod host;
 pub mod machine;
 pub mod memory;

@@ -5,18 +5,20 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use kvm_bindings::{
-    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_MEM_LOG_DIRTY_PAGES,
+    KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::arch::x86_64::boot::{self, EntryPoint, LoadedKernel};
+use crate::arch::x86_64::boot::{self, EntryPoint, LinearFramebuffer, LoadedKernel};
 use crate::arch::x86_64::layout::*;
 use crate::arch::x86_64::{acpi, cpuid, msr, regs};
 use crate::attachments::Attachments;
 use crate::config::VmConfig;
 use crate::devices::i8042::I8042;
+use crate::devices::input::KeyboardRouter;
 use crate::devices::pci::msix::{MsiRouter, MsixError};
 use crate::devices::pci::{self, PciBarWindow, PciBus, PciEcam};
 use crate::devices::pm::{PowerManagement, ResetControl};
@@ -30,6 +32,7 @@ use crate::devices::virtio::pci::{VirtioPciDevice, BAR_SIZE};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::VirtioDevice;
 use crate::devices::{lock, Buses, InterruptLine};
+use crate::display::Framebuffer;
 use crate::memory::{self, MemoryError};
 use crate::protocol::VcpuStats;
 use crate::vcpu::{EventSender, RunControl, VcpuSet, VcpuThread};
@@ -89,6 +92,24 @@ struct MachineParts {
     balloon_stats: SharedBalloonStats,
     serial: Arc<Mutex<SerialPort>>,
     pm: Arc<Mutex<PowerManagement>>,
+    keyboards: KeyboardRouter,
+}
+
+/// Maps the framebuffer into the guest at [`FRAMEBUFFER_START`] with dirty-page logging, so
+/// the worker can find what the guest drew.
+fn register_framebuffer(vm: &VmFd, framebuffer: &Framebuffer) -> Result<(), MachineError> {
+    let mapping = kvm_userspace_memory_region {
+        slot: FRAMEBUFFER_SLOT,
+        guest_phys_addr: FRAMEBUFFER_START,
+        memory_size: framebuffer.size(),
+        userspace_addr: framebuffer.host_address(),
+        flags: KVM_MEM_LOG_DIRTY_PAGES,
+    };
+    // SAFETY: the worker owns the framebuffer mapping and keeps it alive longer than any
+    // machine (it outlives resets); the Machine holds an Arc to it as well.
+    kvm_step("map the framebuffer", unsafe {
+        vm.set_user_memory_region(mapping)
+    })
 }
 
 /// Tells KVM where guest RAM is, one memory slot per region.
@@ -171,27 +192,49 @@ pub struct Machine {
     serial: Arc<Mutex<SerialPort>>,
     pm: Arc<Mutex<PowerManagement>>,
     balloon_stats: SharedBalloonStats,
-    _vm: Arc<VmFd>,
+    keyboards: KeyboardRouter,
+    vm: Arc<VmFd>,
     memory: GuestMemoryMmap,
+    framebuffer: Option<Arc<Framebuffer>>,
     booted: Instant,
 }
 
 impl Machine {
     /// Builds the VM, loads the kernel and prepares every vCPU, without running anything.
+    /// `framebuffer` is the worker's, kept across resets; it must match `config.display`.
     pub fn build(
         kvm: &Kvm,
         config: &VmConfig,
         console: Console,
         attachments: &Attachments,
+        framebuffer: Option<Arc<Framebuffer>>,
     ) -> Result<Machine, MachineError> {
         let vm = Arc::new(kvm_step("create a VM", kvm.create_vm())?);
         let memory = memory::create_guest_memory(config.memory)?;
+        if let Some(framebuffer) = &framebuffer {
+            register_framebuffer(&vm, framebuffer)?;
+        }
+        let announced = framebuffer.as_deref().map(|fb| LinearFramebuffer {
+            base: FRAMEBUFFER_START,
+            width: fb.width,
+            height: fb.height,
+            stride: fb.stride,
+            size: fb.size(),
+        });
         // Registering RAM with KVM is the slowest step of start-up (milliseconds, mostly KVM
         // waiting for a grace period), so it runs beside everything else that does not need it:
         // the irqchip, kernel loading and vCPU set-up.
         std::thread::scope(|scope| {
             let slots = scope.spawn(|| register_memory(&vm, &memory));
-            let built = Self::build_on(kvm, config, console, attachments, vm.clone(), &memory);
+            let built = Self::build_on(
+                kvm,
+                config,
+                console,
+                attachments,
+                vm.clone(),
+                &memory,
+                announced,
+            );
             let slots = slots
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
@@ -204,8 +247,10 @@ impl Machine {
             serial: parts.serial,
             pm: parts.pm,
             balloon_stats: parts.balloon_stats,
-            _vm: vm,
+            keyboards: parts.keyboards,
+            vm,
             memory,
+            framebuffer,
             booted: Instant::now(),
         })
     }
@@ -217,6 +262,7 @@ impl Machine {
         attachments: &Attachments,
         vm: Arc<VmFd>,
         memory: &GuestMemoryMmap,
+        framebuffer: Option<LinearFramebuffer>,
     ) -> Result<MachineParts, MachineError> {
         kvm_step("set the TSS address", vm.set_tss_address(KVM_TSS_ADDR))?;
         kvm_step("create the in-kernel irqchip", vm.create_irq_chip())?;
@@ -225,16 +271,21 @@ impl Machine {
             ..Default::default()
         };
         kvm_step("create the in-kernel PIT", vm.create_pit2(pit))?;
-        let kernel = boot::load_kernel(memory, &config.kernel)?;
+        let kernel = boot::load_kernel(memory, &config.kernel, framebuffer.is_some())?;
         let initrd = match &config.initrd {
             Some(path) => Some(boot::load_initrd(memory, path, &kernel)?),
             None => None,
         };
         boot::write_cmdline(memory, &config.cmdline)?;
         match kernel.entry {
-            EntryPoint::Linux64(_) => {
-                boot::write_zero_page(memory, &kernel, initrd, config.cmdline.len(), config.memory)?
-            }
+            EntryPoint::Linux64(_) => boot::write_zero_page(
+                memory,
+                &kernel,
+                initrd,
+                config.cmdline.len(),
+                config.memory,
+                framebuffer.as_ref(),
+            )?,
             EntryPoint::Pvh(_) => boot::write_pvh_start_info(memory, initrd, config.memory)?,
         }
         let tables = acpi::create_acpi_tables(config.vcpus);
@@ -253,7 +304,13 @@ impl Machine {
             irq: SCI_IRQ,
         });
         let pm = Arc::new(Mutex::new(PowerManagement::new(sci)));
-        let i8042 = Arc::new(Mutex::new(I8042::default()));
+        let i8042 = Arc::new(Mutex::new(I8042::new(Arc::new(KvmIrqLine {
+            vm: vm.clone(),
+            irq: I8042_KBD_IRQ,
+        }))));
+        // A virtio-input keyboard, once there is one, goes in front of the i8042.
+        let mut keyboards = KeyboardRouter::default();
+        keyboards.add(i8042.clone());
         let mut bus = Buses::default();
         let balloon_stats = SharedBalloonStats::default();
         let mut virtio: Vec<Box<dyn VirtioDevice>> =
@@ -307,6 +364,7 @@ impl Machine {
             balloon_stats,
             serial,
             pm,
+            keyboards,
         })
     }
 
@@ -354,6 +412,20 @@ impl Machine {
 
     pub fn send_serial_input(&self, bytes: &[u8]) {
         lock(&self.serial).queue_input(bytes);
+    }
+
+    /// Types a key (Linux evdev code) on whichever keyboard the guest has enabled.
+    pub fn send_key(&self, evdev: u16, down: bool) {
+        self.keyboards.key(evdev, down);
+    }
+
+    /// The framebuffer pages the guest wrote since the last call, one bit per page; `None`
+    /// without a framebuffer or if KVM refused.
+    pub fn framebuffer_dirty_pages(&self) -> Option<Vec<u64>> {
+        let framebuffer = self.framebuffer.as_ref()?;
+        self.vm
+            .get_dirty_log(FRAMEBUFFER_SLOT, framebuffer.size() as usize)
+            .ok()
     }
 
     pub fn vcpu_stats(&self) -> Vec<VcpuStats> {

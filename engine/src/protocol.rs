@@ -33,6 +33,8 @@ pub enum Command {
     Status,
     /// Counters: per-vCPU CPU time and exits, guest memory.
     Stats,
+    /// Write the screen as a PNG to `path` (absolute), atomically.
+    Screenshot { path: std::path::PathBuf },
 }
 
 impl Command {
@@ -45,6 +47,7 @@ impl Command {
         "kill",
         "status",
         "stats",
+        "screenshot",
     ];
 }
 
@@ -286,9 +289,151 @@ pub struct DiskStats {
     pub errors: u64,
 }
 
+/// Version of the display stream protocol, sent in the `framebuffer` event.
+pub const DISPLAY_PROTOCOL_VERSION: u32 = 1;
+
+/// What the worker sends on a display connection (newline-delimited JSON).
+///
+/// The first line is always `framebuffer`, with the framebuffer's memfd attached as
+/// SCM_RIGHTS; clients map it `PROT_READ`, `MAP_SHARED`. Then `damage` lines follow whenever
+/// the guest draws. A client that fell behind gets `resync` once it reads again: damage was
+/// dropped for it, and it must redraw everything. After a guest reset the memfd stays valid
+/// and a full-screen damage follows.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum DisplayEvent {
+    /// The framebuffer: pixel (x, y) is the little-endian u32 at `y * stride + x * 4` of the
+    /// attached memfd (`x8r8g8b8`: blue in the low byte). `size` is the memfd's length.
+    Framebuffer {
+        version: u32,
+        width: u32,
+        height: u32,
+        stride: u32,
+        format: String,
+        size: u64,
+    },
+    /// These areas changed since the last damage event.
+    Damage {
+        rects: Vec<crate::display::DamageRect>,
+    },
+    /// Damage was dropped for this client; redraw the whole screen.
+    Resync,
+    /// A line from the client could not be understood; the connection carries on.
+    Error { error: String },
+}
+
+/// A mouse button, as the display protocol names it.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum PointerButton {
+    Left,
+    Middle,
+    Right,
+}
+
+/// Largest absolute pointer coordinate, on both axes (the tablet's range).
+pub const POINTER_MAX: u32 = 32767;
+/// Largest Linux evdev key code (KEY_MAX).
+pub const KEY_CODE_MAX: u16 = 0x2ff;
+
+/// Input a display client sends. The worker does not reply to input; a bad line gets an
+/// `error` event.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "cmd", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum DisplayCommand {
+    /// A key, by Linux evdev code (GTK hardware keycode - 8), pressed or released. It goes to
+    /// whichever keyboard the guest has enabled.
+    Key { code: u16, down: bool },
+    /// Absolute pointer position, 0..=32767 on both axes. Accepted and ignored until the
+    /// machine has a tablet.
+    Pointer { x: u32, y: u32 },
+    /// A mouse button. Accepted and ignored until the machine has a tablet.
+    Button { button: PointerButton, down: bool },
+    /// Wheel steps, positive away from the user. Accepted and ignored until the machine has a
+    /// tablet.
+    Wheel { delta: i32 },
+}
+
+impl DisplayCommand {
+    /// Parses and checks one client line; the error is the message for the client.
+    pub fn parse(line: &[u8]) -> Result<DisplayCommand, String> {
+        let command: DisplayCommand =
+            serde_json::from_slice(line).map_err(|err| format!("bad display command: {err}"))?;
+        match command {
+            DisplayCommand::Key { code, .. } if code > KEY_CODE_MAX => Err(format!(
+                "key code {code} is not a Linux evdev code (0..={KEY_CODE_MAX})"
+            )),
+            DisplayCommand::Pointer { x, y } if x > POINTER_MAX || y > POINTER_MAX => Err(format!(
+                "pointer position ({x}, {y}) is outside 0..={POINTER_MAX}"
+            )),
+            _ => Ok(command),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn display_commands_parse_and_bad_ones_say_why() {
+        assert_eq!(
+            DisplayCommand::parse(br#"{"cmd":"key","code":30,"down":true}"#),
+            Ok(DisplayCommand::Key {
+                code: 30,
+                down: true
+            })
+        );
+        assert_eq!(
+            DisplayCommand::parse(br#"{"cmd":"button","button":"middle","down":false}"#),
+            Ok(DisplayCommand::Button {
+                button: PointerButton::Middle,
+                down: false
+            })
+        );
+        assert!(DisplayCommand::parse(br#"{"cmd":"wheel","delta":-2}"#).is_ok());
+        let err = DisplayCommand::parse(br#"{"cmd":"key","code":4000,"down":true}"#).unwrap_err();
+        assert!(err.contains("4000"), "{err}");
+        let err = DisplayCommand::parse(br#"{"cmd":"pointer","x":40000,"y":0}"#).unwrap_err();
+        assert!(err.contains("40000"), "{err}");
+        let err = DisplayCommand::parse(br#"{"cmd":"key","code":30}"#).unwrap_err();
+        assert!(err.contains("down"), "{err}");
+        assert!(DisplayCommand::parse(b"nonsense").is_err());
+    }
+
+    #[test]
+    fn display_events_match_the_documented_lines() {
+        let line = serde_json::to_string(&DisplayEvent::Damage {
+            rects: vec![crate::display::DamageRect {
+                x: 0,
+                y: 2,
+                width: 3,
+                height: 4,
+            }],
+        })
+        .unwrap();
+        assert_eq!(
+            line,
+            r#"{"event":"damage","rects":[{"x":0,"y":2,"width":3,"height":4}]}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&DisplayEvent::Resync).unwrap(),
+            r#"{"event":"resync"}"#
+        );
+    }
+
+    #[test]
+    fn screenshot_takes_a_path() {
+        let req = Request::parse(br#"{"cmd":"screenshot","path":"/tmp/a.png"}"#).unwrap();
+        assert_eq!(
+            req.command,
+            Command::Screenshot {
+                path: "/tmp/a.png".into()
+            }
+        );
+        let (_, err) = Request::parse(br#"{"cmd":"screenshot"}"#).unwrap_err();
+        assert!(err.to_string().contains("path"), "{err}");
+    }
 
     #[test]
     fn parses_a_plain_command() {

@@ -13,16 +13,20 @@ use kvm_ioctls::Kvm;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::terminal::Terminal;
+use vmm_sys_util::timerfd::TimerFd;
 
 use crate::attachments::Attachments;
 use crate::config::{SerialMode, VmConfig};
 use crate::control::{ControlClient, Line};
 use crate::devices::serial::{Console, ConsoleClients};
 use crate::devices::{lock, MachineRequest};
+use crate::display::screenshot::write_png;
+use crate::display::stream::DisplayClient;
+use crate::display::{damage_from_dirty_pages, DamageRect, Framebuffer, FramebufferError};
 use crate::machine::{Machine, MachineError};
 use crate::protocol::{
-    Command, Crash, Event, Reply, Request, RequestError, RunState, Stats, Status, StopReason,
-    PROTOCOL_VERSION,
+    Command, Crash, DisplayCommand, DisplayEvent, Event, Reply, Request, RequestError, RunState,
+    Stats, Status, StopReason, PROTOCOL_VERSION,
 };
 use crate::vcpu::{install_kick_handler, EventSender, VcpuEvent};
 
@@ -42,6 +46,8 @@ pub enum WorkerError {
     SocketInUse(PathBuf),
     #[error("event loop failed: {0}")]
     EventLoop(io::Error),
+    #[error(transparent)]
+    Framebuffer(#[from] FramebufferError),
 }
 
 const TOKEN_WAKE: u64 = 0;
@@ -49,9 +55,15 @@ const TOKEN_SIGNAL: u64 = 1;
 const TOKEN_CONTROL_LISTENER: u64 = 2;
 const TOKEN_SERIAL_LISTENER: u64 = 3;
 const TOKEN_STDIN: u64 = 4;
+const TOKEN_DISPLAY_LISTENER: u64 = 5;
+const TOKEN_DISPLAY_TIMER: u64 = 6;
 const TOKEN_CONTROL_CLIENT: u64 = 1 << 32;
 const TOKEN_SERIAL_CLIENT: u64 = 2 << 32;
+const TOKEN_DISPLAY_CLIENT: u64 = 3 << 32;
 const TOKEN_INDEX_MASK: u64 = (1 << 32) - 1;
+
+/// How often the dirty log is read while display clients are connected: 60 Hz.
+const DAMAGE_INTERVAL: std::time::Duration = std::time::Duration::from_nanos(16_666_667);
 
 /// Ctrl-A, the escape key of the terminal console (as in QEMU): Ctrl-A x quits.
 const ESCAPE: u8 = 0x01;
@@ -161,6 +173,14 @@ pub struct Worker {
     escape_pending: bool,
     raw_terminal: Option<RawTerminal>,
     socket_paths: Vec<PathBuf>,
+    /// The screen; it outlives machine resets so clients keep their mapping.
+    framebuffer: Option<Arc<Framebuffer>>,
+    display_listener: Option<UnixListener>,
+    display_clients: Vec<Option<DisplayClient>>,
+    /// Ticks at [`DAMAGE_INTERVAL`] while a display client is connected, and is disarmed
+    /// otherwise, so that a VM nobody watches costs nothing.
+    damage_timer: TimerFd,
+    damage_timer_armed: bool,
 }
 
 impl Worker {
@@ -204,7 +224,27 @@ impl Worker {
         };
 
         let attachments = Attachments::open(&config)?;
-        let machine = Machine::build(&kvm, &config, console.clone(), &attachments)?;
+        let framebuffer = match config.display {
+            Some(size) => Some(Arc::new(Framebuffer::new(size)?)),
+            None => None,
+        };
+        let display_listener = match &config.display_socket {
+            Some(path) => {
+                let listener = bind_socket(path)?;
+                socket_paths.push(path.clone());
+                Some(listener)
+            }
+            None => None,
+        };
+        let damage_timer = TimerFd::new().map_err(|err| io_err(err.into()))?;
+
+        let machine = Machine::build(
+            &kvm,
+            &config,
+            console.clone(),
+            &attachments,
+            framebuffer.clone(),
+        )?;
         let worker = Worker {
             stdin_open: config.serial == SerialMode::Stdio,
             config,
@@ -227,6 +267,11 @@ impl Worker {
             escape_pending: false,
             raw_terminal,
             socket_paths,
+            framebuffer,
+            display_listener,
+            display_clients: Vec::new(),
+            damage_timer,
+            damage_timer_armed: false,
         };
         worker.register_fds().map_err(io_err)?;
         Ok(worker)
@@ -249,6 +294,10 @@ impl Worker {
         if let Some(listener) = &self.serial_listener {
             self.add_fd(listener.as_raw_fd(), TOKEN_SERIAL_LISTENER)?;
         }
+        if let Some(listener) = &self.display_listener {
+            self.add_fd(listener.as_raw_fd(), TOKEN_DISPLAY_LISTENER)?;
+        }
+        self.add_fd(self.damage_timer.as_raw_fd(), TOKEN_DISPLAY_TIMER)?;
         if self.stdin_open {
             // Fails for a regular file or /dev/null on stdin; then there is no console input.
             if self.add_fd(libc::STDIN_FILENO, TOKEN_STDIN).is_err() {
@@ -305,6 +354,19 @@ impl Worker {
                 Ok(Flow::Continue)
             }
             TOKEN_STDIN => Ok(self.read_stdin()),
+            TOKEN_DISPLAY_LISTENER => {
+                self.accept_display_clients();
+                Ok(Flow::Continue)
+            }
+            TOKEN_DISPLAY_TIMER => {
+                let _ = self.damage_timer.wait();
+                self.send_damage();
+                Ok(Flow::Continue)
+            }
+            _ if token & !TOKEN_INDEX_MASK == TOKEN_DISPLAY_CLIENT => {
+                self.serve_display_client((token & TOKEN_INDEX_MASK) as usize, set);
+                Ok(Flow::Continue)
+            }
             _ if token & !TOKEN_INDEX_MASK == TOKEN_CONTROL_CLIENT => {
                 let index = (token & TOKEN_INDEX_MASK) as usize;
                 self.serve_control_client(index, set)
@@ -371,16 +433,30 @@ impl Worker {
         self.machine.stop();
         // Drain events of the old machine so they cannot act on the new one.
         while self.events_rx.try_recv().is_ok() {}
+        if let Some(framebuffer) = &self.framebuffer {
+            framebuffer.clear();
+        }
         self.machine = Machine::build(
             &self.kvm,
             &self.config,
             self.console.clone(),
             &self.attachments,
+            self.framebuffer.clone(),
         )?;
         self.crash = None;
         self.machine.start(&self.events_tx)?;
         self.broadcast(&Event::Reset { reason });
         self.set_state(RunState::Running);
+        // The new machine's dirty log starts clean; clients still show the old screen.
+        if let Some(framebuffer) = &self.framebuffer {
+            let full = vec![DamageRect {
+                x: 0,
+                y: 0,
+                width: framebuffer.width,
+                height: framebuffer.height,
+            }];
+            self.broadcast_damage(&DisplayEvent::Damage { rects: full });
+        }
         Ok(())
     }
 
@@ -533,6 +609,25 @@ impl Worker {
                 self.stop_machine(StopReason::Killed);
                 return Ok((Reply::ok(id, serde_json::json!({})), Flow::Exit(0)));
             }
+            Command::Screenshot { path } => match &self.framebuffer {
+                None => Reply::error(
+                    id,
+                    "this VM has no display; start it with --display WIDTHxHEIGHT",
+                ),
+                Some(fb) => {
+                    match write_png(&path, &fb.snapshot(), fb.width, fb.height, fb.stride) {
+                        Ok(()) => Reply::ok(
+                            id,
+                            serde_json::json!({
+                                "path": path,
+                                "width": fb.width,
+                                "height": fb.height
+                            }),
+                        ),
+                        Err(err) => Reply::error(id, err),
+                    }
+                }
+            },
         };
         Ok((reply, Flow::Continue))
     }
@@ -644,7 +739,144 @@ impl Worker {
         Flow::Continue
     }
 
+    fn accept_display_clients(&mut self) {
+        let (Some(listener), Some(framebuffer)) = (&self.display_listener, &self.framebuffer)
+        else {
+            return;
+        };
+        let mut accepted = Vec::new();
+        while let Ok((stream, _)) = listener.accept() {
+            // A client that cannot even take the first message is dropped at once.
+            if let Ok(client) = DisplayClient::new(stream, framebuffer) {
+                accepted.push(client);
+            }
+        }
+        for client in accepted {
+            let slot = match self.display_clients.iter().position(Option::is_none) {
+                Some(slot) => slot,
+                None => {
+                    self.display_clients.push(None);
+                    self.display_clients.len() - 1
+                }
+            };
+            if self
+                .add_fd(
+                    client.stream.as_raw_fd(),
+                    TOKEN_DISPLAY_CLIENT | slot as u64,
+                )
+                .is_ok()
+            {
+                self.display_clients[slot] = Some(client);
+                self.update_display_write_interest(slot);
+            }
+        }
+        self.arm_damage_timer();
+    }
+
+    /// Runs the damage timer exactly while someone watches.
+    fn arm_damage_timer(&mut self) {
+        let wanted = self.display_clients.iter().any(Option::is_some);
+        if wanted == self.damage_timer_armed {
+            return;
+        }
+        let result = if wanted {
+            self.damage_timer
+                .reset(DAMAGE_INTERVAL, Some(DAMAGE_INTERVAL))
+        } else {
+            self.damage_timer.clear()
+        };
+        if result.is_ok() {
+            self.damage_timer_armed = wanted;
+        }
+    }
+
+    /// Reads the dirty log and sends what changed to every display client.
+    fn send_damage(&mut self) {
+        let (Some(framebuffer), Some(dirty)) =
+            (&self.framebuffer, self.machine.framebuffer_dirty_pages())
+        else {
+            return;
+        };
+        let rects = damage_from_dirty_pages(
+            &dirty,
+            4096,
+            framebuffer.width,
+            framebuffer.height,
+            framebuffer.stride,
+        );
+        if !rects.is_empty() {
+            self.broadcast_damage(&DisplayEvent::Damage { rects });
+        }
+    }
+
+    fn broadcast_damage(&mut self, event: &DisplayEvent) {
+        for index in 0..self.display_clients.len() {
+            if let Some(client) = &mut self.display_clients[index] {
+                client.send_damage(event);
+                self.update_display_write_interest(index);
+            }
+        }
+    }
+
+    fn serve_display_client(&mut self, index: usize, set: EventSet) {
+        let Some(Some(client)) = self.display_clients.get_mut(index) else {
+            return;
+        };
+        if set.contains(EventSet::OUT) {
+            client.flush();
+        }
+        for line in client.read_lines() {
+            let command = match line {
+                Line::TooLong => Err(RequestError::TooLong.to_string()),
+                Line::Complete(bytes) => DisplayCommand::parse(&bytes),
+            };
+            match command {
+                Ok(DisplayCommand::Key { code, down }) => self.machine.send_key(code, down),
+                // No tablet yet: pointer input is accepted and has nowhere to go.
+                Ok(DisplayCommand::Pointer { .. })
+                | Ok(DisplayCommand::Button { .. })
+                | Ok(DisplayCommand::Wheel { .. }) => {}
+                Err(error) => {
+                    if let Some(Some(client)) = self.display_clients.get_mut(index) {
+                        client.send(&DisplayEvent::Error { error });
+                    }
+                }
+            }
+        }
+        self.update_display_write_interest(index);
+    }
+
+    fn update_display_write_interest(&self, index: usize) {
+        if let Some(Some(client)) = self.display_clients.get(index) {
+            let mut set = EventSet::IN;
+            if client.wants_write() {
+                set |= EventSet::OUT;
+            }
+            let _ = self.epoll.ctl(
+                ControlOperation::Modify,
+                client.stream.as_raw_fd(),
+                EpollEvent::new(set, TOKEN_DISPLAY_CLIENT | index as u64),
+            );
+        }
+    }
+
     fn reap_clients(&mut self) {
+        let mut display_closed = false;
+        for slot in self.display_clients.iter_mut() {
+            if slot.as_ref().is_some_and(|c| c.closed) {
+                if let Some(client) = slot.take() {
+                    let _ = self.epoll.ctl(
+                        ControlOperation::Delete,
+                        client.stream.as_raw_fd(),
+                        EpollEvent::default(),
+                    );
+                    display_closed = true;
+                }
+            }
+        }
+        if display_closed {
+            self.arm_damage_timer();
+        }
         for slot in self.control_clients.iter_mut() {
             if slot.as_ref().is_some_and(|c| c.closed) {
                 if let Some(client) = slot.take() {

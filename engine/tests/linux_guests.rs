@@ -1,5 +1,6 @@
 //! Stock Debian kernels (cloud-amd64 and amd64) with a busybox initramfs, 2 vCPUs, 256 MiB:
-//! boot, SMP, clock, power-off, reboot, panic, and the virtio-pci devices (rng, disks, network).
+//! boot, SMP, clock, power-off, reboot, panic; both kernels' framebuffer console on the display,
+//! with keys typed through the i8042; and the virtio-pci devices (rng, disks, network, balloon).
 //!
 //! With hardware virtualization (VT-x/AMD-V) the worker runs directly on /dev/kvm. On a kvm_pvm
 //! host, where guests are only emulated, this test re-runs itself inside the nested lab
@@ -11,6 +12,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+use support::display::DisplayClient;
 use support::*;
 
 const KERNELS: [&str; 2] = ["cloud-amd64", "amd64"];
@@ -255,8 +257,8 @@ fn synced_writes_survive_a_killed_worker(cache: &std::path::Path) {
         "disks hangar.hold",
         &["--disk", &disks[0], "--disk", &disks[1]],
     );
-    let mut control = vmm.control();
     vmm.expect("HANGAR-SYNCED vdb", BOOT);
+    let mut control = vmm.control();
     let stats = control.ok("stats");
     let disk_stats = stats["disks"].as_array().expect("disks in stats");
     assert_eq!(disk_stats.len(), 2, "{stats}");
@@ -327,8 +329,9 @@ fn network_reaches_the_host_and_back(cache: &std::path::Path) {
     let test = format!("net hangar.http={http}");
     let net = format!("user,hostfwd=tcp:127.0.0.1:{forward}-:8080");
     let mut vmm = start_linux(cache, "cloud-amd64", &test, &["--net", &net]);
-    let mut control = vmm.control();
     let address = vmm.expect("HANGAR-NET-ADDR", BOOT);
+    // The worker answers its control socket once it runs; the guest printing shows it does.
+    let mut control = vmm.control();
     assert!(
         address.contains("/") && address.contains("mtu=65520"),
         "{address}"
@@ -398,6 +401,88 @@ fn once_more_if_the_lab_stalls(name: &str, check: impl Fn()) {
     check();
 }
 
+/// Pixels that differ between two screenshots (RGB PNG files of the same size).
+fn changed_pixels(a: &std::path::Path, b: &std::path::Path) -> usize {
+    let decode = |path: &std::path::Path| {
+        let decoder = png::Decoder::new(std::fs::File::open(path).unwrap());
+        let mut reader = decoder.read_info().unwrap();
+        let mut rgb = vec![0; reader.output_buffer_size()];
+        reader.next_frame(&mut rgb).unwrap();
+        rgb
+    };
+    let (a, b) = (decode(a), decode(b));
+    assert_eq!(a.len(), b.len());
+    a.chunks(3).zip(b.chunks(3)).filter(|(p, q)| p != q).count()
+}
+
+/// The kernel's framebuffer console comes up on the display: text written to /dev/tty0 changes
+/// the screen (damage on the display stream, and a screenshot diff), and keys typed on the
+/// display stream reach the VT through the i8042 and atkbd.
+fn display_check(cache: &std::path::Path, flavor: &str) {
+    println!("== Debian {flavor} kernel on a 1024x768 display");
+    let dir = TempDir::new("display");
+    let socket = dir.path("display.sock");
+    let socket_arg = socket.display().to_string();
+    let mut vmm = start_linux(
+        cache,
+        flavor,
+        "display",
+        &["--display", "1024x768", "--display-socket", &socket_arg],
+    );
+    let mut control = vmm.control();
+    let mut client = DisplayClient::connect(&socket);
+    let fb = vmm.expect("fb0=", BOOT);
+    assert_eq!(
+        fb.trim(),
+        "fb0=EFI VGA",
+        "the EFI framebuffer driver must take the screen"
+    );
+    vmm.expect("HANGAR-DISPLAY-READY", BOOT);
+    assert!(
+        vmm.seen
+            .iter()
+            .any(|l| l.trim() == "input=AT Translated Set 2 keyboard"),
+        "atkbd found no keyboard behind the i8042: {:?}",
+        vmm.seen
+    );
+
+    let before = dir.path("before.png");
+    let after = dir.path("after.png");
+    let shot = |control: &mut ControlClient, path: &std::path::Path| {
+        let reply = control.request(serde_json::json!({"cmd": "screenshot", "path": path}));
+        assert_eq!(reply["ok"], true, "{reply}");
+    };
+    shot(&mut control, &before);
+    let _ = client.damage_within(Duration::from_millis(200));
+    vmm.type_serial(b"go\n");
+    vmm.expect("HANGAR-TTY0-WRITTEN", BOOT);
+    let (rows, _) = client.damage_within(Duration::from_secs(2));
+    assert!(!rows.is_empty(), "no damage after writing to /dev/tty0");
+    shot(&mut control, &after);
+    let changed = changed_pixels(&before, &after);
+    // 24 lines of ~55 characters in an 8x16 font light up tens of thousands of pixels; a
+    // blinking cursor alone changes at most a few hundred.
+    assert!(
+        changed > 5000,
+        "only {changed} pixels changed after writing to /dev/tty0"
+    );
+    println!(
+        "== {flavor}: fb0=EFI VGA, /dev/tty0 text changed {changed} pixels, damage rows {rows:?}"
+    );
+
+    // KEY_H, KEY_I, KEY_ENTER.
+    for code in [35, 23, 28] {
+        for down in [true, false] {
+            client.send(&serde_json::json!({"cmd": "key", "code": code, "down": down}));
+        }
+    }
+    let keys = vmm.expect("HANGAR-KEYS", BOOT);
+    assert_eq!(keys.trim(), "HANGAR-KEYS=hi");
+    println!("== {flavor}: keys typed on the display stream reached the VT: ok");
+    control.ok("kill");
+    let _ = vmm.wait(BOOT);
+}
+
 #[test]
 fn debian_kernels_boot_with_two_vcpus_and_power_off() {
     let inside_lab = std::env::var_os("HANGAR_IN_LAB").is_some();
@@ -425,6 +510,10 @@ fn debian_kernels_boot_with_two_vcpus_and_power_off() {
             }
             once_more_if_the_lab_stalls("reboot", || reboot_exits_with_no_reboot(&cache));
             once_more_if_the_lab_stalls("panic", || kernel_panic_is_reported(&cache));
+            for flavor in KERNELS {
+                let name = format!("display-{flavor}");
+                once_more_if_the_lab_stalls(&name, || display_check(&cache, flavor));
+            }
             once_more_if_the_lab_stalls("rng", || rng_feeds_the_guest(&cache));
             once_more_if_the_lab_stalls("disks", || disks_keep_the_guests_writes(&cache));
             once_more_if_the_lab_stalls("kill", || synced_writes_survive_a_killed_worker(&cache));

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use hangar_engine::config::{ByteSize, SerialMode, VmSettings};
+use hangar_engine::config::{ByteSize, DisplaySetting, SerialMode, VmSettings};
 use hangar_engine::disk::DiskSpec;
 use hangar_engine::net::NetSpec;
 use hangar_engine::worker::Worker;
@@ -50,6 +50,13 @@ struct Args {
     /// unix:PATH (a passt already listening there) or tap=NAME; each may add ,mac=XX:..:XX.
     #[arg(long = "net", value_parser = parse_net)]
     nics: Vec<NetSpec>,
+    /// Screen size WIDTHxHEIGHT (up to 3840x2160), or none [default: 1280x800 when a display
+    /// socket is given, else none].
+    #[arg(long, value_parser = parse_display)]
+    display: Option<DisplaySetting>,
+    /// Listen for display clients (framebuffer memfd, damage, input) on this Unix socket.
+    #[arg(long)]
+    display_socket: Option<PathBuf>,
     /// Read settings from this JSON file; flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -72,6 +79,11 @@ fn parse_net(text: &str) -> Result<NetSpec, String> {
     text.parse()
 }
 
+fn parse_display(text: &str) -> Result<DisplaySetting, String> {
+    text.parse()
+        .map_err(|err: hangar_engine::config::ConfigError| err.to_string())
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let flags = VmSettings {
@@ -85,6 +97,8 @@ fn main() -> ExitCode {
         no_reboot: args.no_reboot.then_some(true),
         disks: (!args.disks.is_empty()).then_some(args.disks),
         nics: (!args.nics.is_empty()).then_some(args.nics),
+        display: args.display,
+        display_socket: args.display_socket,
     };
     let result = match &args.config {
         Some(path) => VmSettings::from_file(path).map(|file| file.merge(flags)),

@@ -386,14 +386,7 @@ fn run(args: &Args) -> Outcome {
             Ok(Value::String(text))
         }
         Verb::Console { vm } => console(&client, vm),
-        Verb::Screenshot { vm, .. } => {
-            // The display stream is what a screenshot would read; hangard says why it is absent.
-            client.vm(vm)?.open_display()?;
-            Err(Failure::new(
-                "dev.hangar.Error.Unsupported",
-                "screenshots are not supported yet",
-            ))
-        }
+        Verb::Screenshot { vm, file } => screenshot(&client, vm, file),
         Verb::Stats { vm, history } => {
             let proxy = client.vm(vm)?;
             if *history {
@@ -528,6 +521,48 @@ impl Drop for RawMode {
     fn drop(&mut self) {
         let _ = io::stdin().lock().set_canon_mode();
     }
+}
+
+/// Saves the screen as a PNG: takes the framebuffer memfd from the display stream, as the GUI
+/// does, and encodes what it holds now.
+fn screenshot(client: &Client, vm: &str, file: &std::path::Path) -> Outcome {
+    use std::os::unix::fs::FileExt;
+    use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+
+    let failed = |message: String| Failure::new("dev.hangar.Error.Failed", message);
+    let path =
+        std::path::absolute(file).map_err(|err| failed(format!("{}: {err}", file.display())))?;
+    let fd = client.vm(vm)?.open_display()?;
+    let stream = UnixStream::from(std::os::fd::OwnedFd::from(fd));
+    let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+    let mut buf = vec![0u8; 4096];
+    let (len, memfd) = stream
+        .recv_with_fd(&mut buf)
+        .map_err(|err| failed(format!("reading the display stream of {vm}: {err}")))?;
+    let line = buf[..len].split(|&b| b == b'\n').next().unwrap_or_default();
+    let info: Value = serde_json::from_slice(line).map_err(|err| {
+        failed(format!(
+            "the display stream of {vm} sent no framebuffer: {err}"
+        ))
+    })?;
+    let memfd = memfd.ok_or_else(|| failed(format!("the display of {vm} sent no memfd")))?;
+    let field = |name: &str| info[name].as_u64().unwrap_or(0) as u32;
+    let (width, height, stride) = (field("width"), field("height"), field("stride"));
+    if info["format"] != "x8r8g8b8" || width == 0 || height == 0 || stride < width * 4 {
+        return Err(failed(format!("unexpected framebuffer from {vm}: {info}")));
+    }
+    let mut pixels = vec![0u8; stride as usize * height as usize];
+    memfd
+        .read_exact_at(&mut pixels, 0)
+        .map_err(|err| failed(format!("reading the framebuffer of {vm}: {err}")))?;
+    hangar_engine::display::screenshot::write_png(&path, &pixels, width, height, stride)
+        .map_err(|err| failed(err.to_string()))?;
+    Ok(json!({
+        "message": format!("screenshot of {vm} saved to {} ({width}x{height})", path.display()),
+        "path": path,
+        "width": width,
+        "height": height,
+    }))
 }
 
 fn console(client: &Client, vm: &str) -> Outcome {

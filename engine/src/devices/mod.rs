@@ -1,10 +1,12 @@
 //! Device models, and the port-I/O and MMIO buses that dispatch vCPU exits to them.
 
 pub mod i8042;
+pub mod input;
 pub mod pci;
 pub mod pm;
 pub mod pvpanic;
 pub mod rtc;
+pub mod scancode;
 pub mod serial;
 pub mod virtio;
 

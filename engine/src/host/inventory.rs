@@ -854,6 +854,28 @@ impl Inventory {
         })
     }
 
+    /// A connection to the VM's display stream, straight to the worker: the framebuffer memfd
+    /// first, then damage; input goes back on it.
+    pub fn open_display(&self, uuid: &Uuid) -> Result<UnixStream, HostError> {
+        self.link(uuid, "start it first")?;
+        if self.definition(uuid)?.display == crate::host::definition::DisplayKind::None {
+            return Err(HostError::Unsupported(format!(
+                "VM {:?} has no display (\"display\": \"none\"); set \"display\": \"framebuffer\" \
+                 and restart it, or use its serial console",
+                self.name_of(uuid)
+            )));
+        }
+        let path = self.runtime_dir(uuid).display();
+        UnixStream::connect(&path).map_err(|err| HostError::Worker {
+            vm: self.name_of(uuid),
+            source: SupervisorError::Connect {
+                path,
+                timeout: Duration::ZERO,
+                reason: err.to_string(),
+            },
+        })
+    }
+
     // ---- stats ----
 
     pub fn set_stats_interval(&self, interval: Duration) {

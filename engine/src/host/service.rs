@@ -289,13 +289,12 @@ impl VmObject {
         Ok(OwnedFd::from(std::os::fd::OwnedFd::from(stream)))
     }
 
-    /// The display stream. Not there yet: the worker has no framebuffer.
+    /// A Unix socket connected straight to the worker's display stream: a `framebuffer` line
+    /// with the memfd attached, then `damage` lines; key and pointer lines go back (see the
+    /// README's display protocol).
     fn open_display(&self) -> Result<OwnedFd, HangarError> {
-        Err(HangarError::Unsupported(
-            "the display is not available yet: this hangar-vmm has no framebuffer stream; use \
-             the serial console (OpenSerial, `hangarctl console`) meanwhile"
-                .into(),
-        ))
+        let stream = self.inventory.open_display(&self.uuid)?;
+        Ok(OwnedFd::from(std::os::fd::OwnedFd::from(stream)))
     }
 
     /// The latest stats sample.

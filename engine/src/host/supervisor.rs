@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::host::definition::VmDefinition;
+use crate::host::definition::{DisplayKind, VmDefinition};
 use crate::protocol::{Event, RunState, Status, StopReason, PROTOCOL_VERSION};
 
 /// Lines of the worker log kept with a crash report.
@@ -86,6 +86,9 @@ impl RuntimeDir {
     pub fn serial(&self) -> PathBuf {
         self.dir.join("serial.sock")
     }
+    pub fn display(&self) -> PathBuf {
+        self.dir.join("display.sock")
+    }
     pub fn pid_file(&self) -> PathBuf {
         self.dir.join("pid")
     }
@@ -104,7 +107,12 @@ impl RuntimeDir {
             .mode(0o700)
             .create(&self.dir)
             .map_err(err)?;
-        for path in [self.control(), self.serial(), self.pid_file()] {
+        for path in [
+            self.control(),
+            self.serial(),
+            self.display(),
+            self.pid_file(),
+        ] {
             match fs::remove_file(&path) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(err(e)),
                 _ => {}
@@ -123,7 +131,12 @@ impl RuntimeDir {
 
     /// Forgets a worker that ended: its pid and sockets go, its log stays for diagnosis.
     pub fn clear(&self) {
-        for path in [self.control(), self.serial(), self.pid_file()] {
+        for path in [
+            self.control(),
+            self.serial(),
+            self.display(),
+            self.pid_file(),
+        ] {
             let _ = fs::remove_file(path);
         }
     }
@@ -168,6 +181,10 @@ pub fn worker_args(def: &VmDefinition, runtime: &RuntimeDir) -> Vec<OsString> {
     serial.push(runtime.serial());
     args.push(serial);
     args.extend(["--control".into(), runtime.control().into()]);
+    // The worker's default screen size goes with the socket.
+    if def.display == DisplayKind::Framebuffer {
+        args.extend(["--display-socket".into(), runtime.display().into()]);
+    }
     args
 }
 
@@ -611,9 +628,17 @@ mod tests {
                 "--serial",
                 "unix:/run/user/1/hangar/u/serial.sock",
                 "--control",
-                "/run/user/1/hangar/u/control.sock"
+                "/run/user/1/hangar/u/control.sock",
+                "--display-socket",
+                "/run/user/1/hangar/u/display.sock"
             ]
         );
+        let headless = VmDefinition::from_json(
+            r#"{"name":"a","kernel":"/k","memory":"64M","vcpus":1,"display":"none"}"#,
+        )
+        .unwrap();
+        let args = worker_args(&headless, &runtime);
+        assert!(!args.iter().any(|a| a == "--display-socket"), "{args:?}");
     }
 
     #[test]

@@ -22,6 +22,12 @@ const OEM_REVISION: u32 = 1;
 
 /// FADT IAPC_BOOT_ARCH: the machine has legacy ISA devices (COM1, CMOS RTC).
 const IAPC_LEGACY_DEVICES: u16 = 1 << 0;
+/// FADT IAPC_BOOT_ARCH: the machine has an 8042 keyboard controller (Linux's i8042 driver
+/// trusts this bit and the DSDT's PNP0303 device).
+const IAPC_8042: u16 = 1 << 1;
+/// Offset of IAPC_BOOT_ARCH in the FADT.
+#[cfg(test)]
+const FADT_IAPC_BOOT_ARCH_OFFSET: usize = 109;
 /// Reset register value that asks for a hard reset.
 pub const RESET_VALUE: u8 = 0x06;
 /// CMOS index of the century register.
@@ -80,6 +86,24 @@ fn isa_device(path: &str, hid: &str, port: u16, ports: u8, irq: u32) -> Vec<u8> 
                 &aml::ResourceTemplate::new(vec![
                     &aml::IO::new(port, port, 1, ports),
                     &aml::Interrupt::new(true, true, false, false, irq),
+                ]),
+            ),
+        ],
+    ))
+}
+
+/// AML for the PS/2 keyboard: the i8042's data and command ports and IRQ 1.
+fn keyboard_device() -> Vec<u8> {
+    aml_bytes(&aml::Device::new(
+        "_SB_.KBD_".into(),
+        vec![
+            &aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0303")),
+            &aml::Name::new(
+                "_CRS".into(),
+                &aml::ResourceTemplate::new(vec![
+                    &aml::IO::new(I8042_DATA_PORT, I8042_DATA_PORT, 1, 1),
+                    &aml::IO::new(I8042_COMMAND_PORT, I8042_COMMAND_PORT, 1, 1),
+                    &aml::Interrupt::new(true, true, false, false, I8042_KBD_IRQ),
                 ]),
             ),
         ],
@@ -145,6 +169,7 @@ pub fn dsdt() -> Vec<u8> {
     let mut body = pci_host_bridge();
     body.extend(isa_device("_SB_.COM1", "PNP0501", COM1_PORT, 8, COM1_IRQ));
     body.extend(isa_device("_SB_.RTC_", "PNP0B00", CMOS_PORT, 2, 8));
+    body.extend(keyboard_device());
     body.extend(pvpanic_device());
     body.extend(aml_bytes(&aml::Name::new(
         "_S5_".into(),
@@ -191,7 +216,7 @@ fn fadt(dsdt_address: u64, facs_address: u64) -> Vec<u8> {
     fadt.pm1_evt_len = 4;
     fadt.pm1_cnt_len = 2;
     fadt.century = CMOS_CENTURY_INDEX;
-    fadt.iapc_boot_arch = IAPC_LEGACY_DEVICES.into();
+    fadt.iapc_boot_arch = (IAPC_LEGACY_DEVICES | IAPC_8042).into();
     fadt.reset_reg = GAS::new(
         AddressSpace::SystemIo,
         8,
@@ -274,6 +299,11 @@ mod tests {
         assert_eq!(u16::from_le_bytes([fadt[46], fadt[47]]), 9);
         assert_eq!(u32::from_le_bytes(fadt[56..60].try_into().unwrap()), 0x600);
         assert_eq!(u32::from_le_bytes(fadt[64..68].try_into().unwrap()), 0x604);
+        let boot_arch = u16::from_le_bytes([
+            fadt[FADT_IAPC_BOOT_ARCH_OFFSET],
+            fadt[FADT_IAPC_BOOT_ARCH_OFFSET + 1],
+        ]);
+        assert_eq!(boot_arch & IAPC_8042, IAPC_8042);
         assert!((blob.len() as u64) < ACPI_SIZE);
     }
 
@@ -304,5 +334,8 @@ mod tests {
         assert!(dsdt.windows(4).any(|w| w == b"_S5_"));
         assert!(dsdt.windows(4).any(|w| w == b"COM1"));
         assert!(dsdt.windows(8).any(|w| w == b"QEMU0001"));
+        // The keyboard, by its compressed EISA id PNP0303.
+        assert!(dsdt.windows(4).any(|w| w == b"KBD_"));
+        assert!(dsdt.windows(4).any(|w| w == [0x41, 0xd0, 0x03, 0x03]));
     }
 }

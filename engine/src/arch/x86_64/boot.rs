@@ -8,7 +8,9 @@
 use std::fs::File;
 use std::path::Path;
 
-use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
+use linux_loader::loader::bootparam::{
+    boot_e820_entry, boot_params, screen_info, setup_header, VIDEO_TYPE_EFI,
+};
 use linux_loader::loader::elf::start_info::{
     hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
 };
@@ -86,7 +88,15 @@ pub struct LoadedInitrd {
 ///
 /// A bzImage whose payload Hangar can unpack boots as the ELF inside it, through PVH: the guest
 /// skips its own decompression. The unpacked kernel is cached (see [`KernelCache`]).
-pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, BootError> {
+///
+/// With `needs_boot_params` (the machine has a framebuffer), a bzImage boots through its own
+/// 64-bit entry with a zero page instead: a PVH-booted Linux builds its `boot_params` from
+/// `hvm_start_info`, which has no `screen_info`, so it would never find the framebuffer.
+pub fn load_kernel(
+    mem: &GuestMemoryMmap,
+    path: &Path,
+    needs_boot_params: bool,
+) -> Result<LoadedKernel, BootError> {
     let name = path.display().to_string();
     let mut file = File::open(path).map_err(|source| BootError::Open {
         path: name.clone(),
@@ -96,7 +106,7 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, B
         Ok(kernel) => Ok(kernel),
         Err(LoaderError::Elf(ElfError::InvalidElfMagicNumber)) => {
             // HANGAR_BOOT_BZIMAGE=1 keeps the guest's own decompressor, to compare the two.
-            let unpack = std::env::var_os("HANGAR_BOOT_BZIMAGE").is_none();
+            let unpack = !needs_boot_params && std::env::var_os("HANGAR_BOOT_BZIMAGE").is_none();
             if let Some(kernel) = unpack
                 .then(KernelCache::default)
                 .and_then(|cache| cache.vmlinux(&mut file))
@@ -357,6 +367,48 @@ pub fn write_cmdline(mem: &GuestMemoryMmap, cmdline: &str) -> Result<(), BootErr
         })
 }
 
+/// A linear framebuffer to announce to the guest, outside its RAM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinearFramebuffer {
+    pub base: u64,
+    pub width: u32,
+    pub height: u32,
+    /// Bytes per row.
+    pub stride: u32,
+    /// Bytes of framebuffer memory.
+    pub size: u64,
+}
+
+/// `screen_info` for a 32-bit x8r8g8b8 framebuffer, announced as an EFI GOP framebuffer.
+///
+/// EFI is the one video type both Debian kernels drive: `amd64` has FB_EFI, FB_VESA and
+/// FB_SIMPLE, `cloud-amd64` only FB_EFI (neither has SYSFB_SIMPLEFB or DRM_SIMPLEDRM). sysfb
+/// turns VIDEO_TYPE_EFI into an `efi-framebuffer` device whether or not the machine booted
+/// through EFI, and vgacon leaves the VGA ports alone for it. For EFI, `lfb_size` is in bytes
+/// (for VESA it would be in 64 KiB units).
+pub fn screen_info_for(fb: &LinearFramebuffer) -> screen_info {
+    screen_info {
+        orig_video_isVGA: VIDEO_TYPE_EFI,
+        lfb_width: fb.width as u16,
+        lfb_height: fb.height as u16,
+        lfb_depth: 32,
+        lfb_base: fb.base as u32,
+        ext_lfb_base: (fb.base >> 32) as u32,
+        lfb_size: fb.size as u32,
+        lfb_linelength: fb.stride as u16,
+        red_size: 8,
+        red_pos: 16,
+        green_size: 8,
+        green_pos: 8,
+        blue_size: 8,
+        blue_pos: 0,
+        rsvd_size: 8,
+        rsvd_pos: 24,
+        pages: 1,
+        ..Default::default()
+    }
+}
+
 /// Fills and writes Linux's zero page.
 pub fn write_zero_page(
     mem: &GuestMemoryMmap,
@@ -364,6 +416,7 @@ pub fn write_zero_page(
     initrd: Option<LoadedInitrd>,
     cmdline_len: usize,
     memory: u64,
+    framebuffer: Option<&LinearFramebuffer>,
 ) -> Result<(), BootError> {
     let mut params = boot_params::default();
     match kernel.setup_header {
@@ -380,6 +433,9 @@ pub fn write_zero_page(
         params.hdr.ramdisk_size = initrd.size as u32;
     }
     params.acpi_rsdp_addr = ACPI_START;
+    if let Some(fb) = framebuffer {
+        params.screen_info = screen_info_for(fb);
+    }
     let map = memory_map(memory);
     for (slot, entry) in params.e820_table.iter_mut().zip(&map) {
         *slot = boot_e820_entry {
@@ -470,6 +526,34 @@ mod tests {
             .map(|e| e.size)
             .sum();
         assert_eq!(ram, (4 << 30) - (HIMEM_START - EBDA_START));
+    }
+
+    #[test]
+    fn screen_info_describes_an_efi_xrgb_framebuffer_outside_ram() {
+        let fb = LinearFramebuffer {
+            base: FRAMEBUFFER_START,
+            width: 1280,
+            height: 800,
+            stride: 5120,
+            size: 5120 * 800,
+        };
+        let info = screen_info_for(&fb);
+        assert_eq!(info.orig_video_isVGA, 0x70);
+        assert_eq!({ info.lfb_base }, 0xd000_0000);
+        assert_eq!({ info.ext_lfb_base }, 0);
+        assert_eq!({ info.lfb_linelength }, 5120);
+        assert_eq!({ info.lfb_size }, 5120 * 800);
+        assert_eq!((info.red_pos, info.green_pos, info.blue_pos), (16, 8, 0));
+        // The framebuffer is never RAM in the memory map.
+        for memory in [256 << 20, 8u64 << 30] {
+            for entry in memory_map(memory) {
+                let end = entry.start + entry.size;
+                assert!(
+                    end <= FRAMEBUFFER_START || entry.start >= FRAMEBUFFER_START + fb.size,
+                    "{entry:?}"
+                );
+            }
+        }
     }
 
     #[test]

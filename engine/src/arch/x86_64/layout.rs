@@ -10,6 +10,7 @@
 //! 0x0010_0000  kernel (HIMEM)            ... RAM up to 3 GiB
 //! 0xc000_0000  32-bit MMIO gap: PCI ECAM 0xe000_0000, PCI BARs 0xe100_0000..0xf000_0000,
 //!              IOAPIC 0xfec0_0000, LAPIC 0xfee0_0000
+//! 0xc000_0000  32-bit MMIO gap: framebuffer 0xd000_0000, IOAPIC 0xfec0_0000, LAPIC 0xfee0_0000
 //! 0x1_0000_0000  RAM above 4 GiB, for guests with more than 3 GiB
 //! ```
 
@@ -59,6 +60,13 @@ pub const PCI_BAR_WINDOW_END: u64 = 0xf000_0000;
 /// Legacy PCI configuration access: address register and data window.
 pub const PCI_CONFIG_ADDRESS_PORT: u16 = 0xcf8;
 pub const PCI_CONFIG_DATA_PORT: u16 = 0xcfc;
+/// The linear framebuffer: its own memory slot in the MMIO gap, never in the e820 RAM map.
+/// Up to 256 MiB, clear of the PCI ECAM and BAR window at 0xe000_0000.
+pub const FRAMEBUFFER_START: u64 = 0xd000_0000;
+/// Largest framebuffer the window at [`FRAMEBUFFER_START`] holds.
+pub const FRAMEBUFFER_MAX_SIZE: u64 = 0x1000_0000;
+/// KVM memory slot of the framebuffer; RAM uses the slots from 0 up.
+pub const FRAMEBUFFER_SLOT: u32 = 16;
 /// In-kernel IOAPIC.
 pub const IOAPIC_ADDR: u32 = 0xfec0_0000;
 /// Local APIC of every vCPU.
@@ -73,6 +81,8 @@ pub const COM1_IRQ: u32 = 4;
 /// i8042 keyboard controller data and command ports.
 pub const I8042_DATA_PORT: u16 = 0x60;
 pub const I8042_COMMAND_PORT: u16 = 0x64;
+/// The i8042 keyboard port's ISA interrupt.
+pub const I8042_KBD_IRQ: u32 = 1;
 /// CMOS RTC index and data ports.
 pub const CMOS_PORT: u16 = 0x70;
 /// ACPI PM1a event block (status, enable).
