@@ -389,7 +389,16 @@ fn rng_feeds_the_guest(cache: &std::path::Path) {
 /// Runs a check; inside the nested lab, up to three times. L2 guests there sometimes stall or
 /// reset in early boot under the emulated SVM (QEMU's guests too, see BENCHMARKS.md), and the
 /// cause is not known yet; a fault that always happens still fails. Each retry is printed.
+///
+/// `HANGAR_LAB_CHECKS=disks,network` runs only the named checks, for work on one device; CI
+/// never sets it, and every check it leaves out is printed as skipped.
 fn once_more_if_the_lab_stalls(name: &str, check: impl Fn()) {
+    if let Ok(only) = std::env::var("HANGAR_LAB_CHECKS") {
+        if !only.split(',').any(|n| n == name) {
+            println!("== {name}: skipped (not in HANGAR_LAB_CHECKS={only})");
+            return;
+        }
+    }
     let in_lab = std::env::var_os("HANGAR_IN_LAB").is_some();
     let tries = if in_lab { 3 } else { 1 };
     for attempt in 1..tries {
