@@ -162,6 +162,41 @@ def summarise(events):
             f"{com1} bytes written to COM1")
 
 
+THP_SHMEM = "/sys/kernel/mm/transparent_hugepage/shmem_enabled"
+
+
+def shmem_thp(on):
+    """Variant `hangar+thp`: transparent huge pages for shmem (Hangar's memfd guest RAM), in the
+    lab only (never on a shared host). QEMU's anonymous guest RAM gets them by default."""
+    if os.environ.get("HANGAR_LAB") != "nested":
+        if on:
+            sys.exit("the +thp variant changes a system setting; it runs only inside the lab")
+        return
+    with open(THP_SHMEM, "w") as f:
+        f.write("always" if on else "never")
+
+
+def kvm_counters(pid):
+    """Nested page faults and exits of the VM of `pid`, from KVM's debugfs (lab only)."""
+    base = "/sys/kernel/debug/kvm"
+    if not os.path.isdir(base) and os.environ.get("HANGAR_LAB") == "nested":
+        subprocess.run(["mount", "-t", "debugfs", "none", "/sys/kernel/debug"],
+                       capture_output=True)
+    try:
+        dirs = [d for d in os.listdir(base) if d.startswith(f"{pid}-")]
+    except OSError:
+        return {}
+    counters = {}
+    for d in dirs:
+        for name in ["exits", "pf_taken", "pf_fixed", "io_exits", "halt_exits"]:
+            try:
+                with open(f"{base}/{d}/{name}") as f:
+                    counters[name] = counters.get(name, 0) + int(f.read())
+            except (OSError, ValueError):
+                pass
+    return counters
+
+
 def l1_speed():
     """Seconds a fixed piece of CPU work takes here: in the lab it grows when the host starves
     L1 of CPU, which slows every L2 guest alike."""
@@ -244,6 +279,8 @@ def main():
         for variant in variants:
             vmm, _, envpair = variant.partition(":")
             env = dict([envpair.split("=", 1)]) if envpair else {}
+            vmm, _, option = vmm.partition("+")
+            shmem_thp(option == "thp")
             if os.path.exists(CONTROL):
                 os.unlink(CONTROL)
             cmd = command(vmm, args.kernel, args.cmdline, args.cpus, args.memory)
@@ -252,6 +289,8 @@ def main():
             proc, start = spawn(cmd, env)
             with open(logname, "w") as log:
                 result = watch(proc, start, vmm, args, log)
+                counters = kvm_counters(proc.pid)
+                log.write(f"\n--- KVM counters at the end: {counters}\n")
             stop(proc)
             if result["init_s"] is not None:
                 tally[variant][0] += 1
@@ -259,12 +298,13 @@ def main():
                 print(f"{variant} boot {round_no}: /init after {result['init_s']:.1f} s "
                       f"(cpu probe {speed:.2f} s) "
                       f"(guest uptime {result['uptime']}, longest silence "
-                      f"{result['silence']:.0f} s)", flush=True)
+                      f"{result['silence']:.0f} s) {counters}", flush=True)
             else:
                 tally[variant][1] += 1
                 print(f"{variant} boot {round_no}: STALL (cpu probe {speed:.2f} s) {result['why']}; "
                       "longest silence "
-                      f"{result['silence']:.0f} s; last line: {result['last'][-160:]}", flush=True)
+                      f"{result['silence']:.0f} s; {counters}; last line: {result['last'][-160:]}",
+                      flush=True)
             for line in result["diagnostics"][:14]:
                 print(f"    {line}", flush=True)
     for variant, (ok, stalls, times) in tally.items():
