@@ -104,7 +104,8 @@ def trace(seconds):
               "kvm_wait_lapic_expire", "kvm_vcpu_wakeup"]
     events = [e for e in events if os.path.exists(f"{TRACEFS}/events/kvm/{e}/enable")]
     try:
-        saved = {path: get(path) for path in ["tracing_on", "buffer_size_kb"]}
+        # buffer_size_kb reads "7 (expanded: 1408)" before first use: keep the number only.
+        saved = {path: get(path).split()[0] for path in ["tracing_on", "buffer_size_kb"]}
     except OSError as err:
         return [f"trace failed: {err}"]
     try:
@@ -121,11 +122,14 @@ def trace(seconds):
         text = [f"trace failed: {err}"]
     finally:
         # Leave tracefs as it was (this may run on a shared host, not only in the lab).
-        for event in events:
-            put(f"events/kvm/{event}/enable", "0")
-        put("trace", "")
-        for path, value in saved.items():
-            put(path, value)
+        try:
+            for event in events:
+                put(f"events/kvm/{event}/enable", "0")
+            put("trace", "")
+            for path, value in saved.items():
+                put(path, value)
+        except OSError as err:
+            text.append(f"could not restore tracefs: {err}")
     lines = [line for line in text if not line.startswith("#")]
     return lines
 
