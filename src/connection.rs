@@ -43,7 +43,7 @@ pub struct VmInfo {
     pub memory: u64,
     /// (volume, read-only)
     pub disks: Vec<(String, bool)>,
-    pub nics: Vec<(String, Vec<(String, u16, u16)>)>,
+    pub nics: Vec<hangar_engine::host::api::NicEntry>,
     pub display: String,
     pub autostart: bool,
 }

@@ -110,7 +110,7 @@ impl StatsHistory {
 
 /// The smallest of 1, 2, 5 × 10^n that is ≥ `value` (1 for nothing).
 pub fn nice_ceiling(value: f64) -> f64 {
-    if !(value > 1.0) || !value.is_finite() {
+    if value.is_nan() || value <= 1.0 || !value.is_finite() {
         return 1.0;
     }
     let magnitude = 10f64.powf(value.log10().floor());

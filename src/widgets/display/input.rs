@@ -29,8 +29,8 @@ pub fn view_rect(mode: ScaleMode, widget: (f64, f64), frame: (u32, u32)) -> View
     };
     let (width, height) = (fw * scale, fh * scale);
     ViewRect {
-        x: ((widget.0 - width) / 2.0).floor(),
-        y: ((widget.1 - height) / 2.0).floor(),
+        x: ((widget.0 - width) / 2.0).round(),
+        y: ((widget.1 - height) / 2.0).round(),
         width,
         height,
     }
@@ -114,10 +114,10 @@ mod tests {
     #[test]
     fn fit_keeps_the_aspect_ratio_and_centres() {
         let v = view_rect(ScaleMode::Fit, (1000.0, 500.0), (640, 480));
-        assert_eq!(v.height, 500.0);
+        assert!((v.height - 500.0).abs() < 1e-9);
         assert!((v.width - 666.666).abs() < 0.01);
         assert_eq!(v.y, 0.0);
-        assert_eq!(v.x, 166.0);
+        assert_eq!(v.x, 167.0);
         let one = view_rect(ScaleMode::OneToOne, (1000.0, 500.0), (640, 480));
         assert_eq!(
             (one.x, one.y, one.width, one.height),

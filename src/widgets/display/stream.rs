@@ -138,8 +138,8 @@ pub enum InputCommand {
 
 impl InputCommand {
     /// One line of the stream, newline included.
-    pub fn to_line(&self) -> String {
-        let mut line = serde_json::to_string(self).expect("input commands always serialize");
+    pub fn to_line(self) -> String {
+        let mut line = serde_json::to_string(&self).expect("input commands always serialize");
         line.push('\n');
         line
     }

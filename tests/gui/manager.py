@@ -1,0 +1,397 @@
+#!/usr/bin/python3
+"""Drives the real `hangar` GUI under Xvfb through AT-SPI, against a real hangard on this
+session bus running real workers with tiny guests on /dev/kvm.
+
+Run by tests/gui.rs inside `dbus-run-session` (AT-SPI needs a session bus of its own); it can
+also be run by hand:  dbus-run-session -- /usr/bin/python3 tests/gui/manager.py
+with HANGAR, HANGARD, HANGARCTL and TINY_GUESTS set. Prints one line per check and ends with
+"N passed, N failed"; exits non-zero on any failure or missing tool.
+"""
+
+import json
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+try:
+    import pyatspi
+except ImportError:
+    sys.exit("gui test: python3-pyatspi is missing (scripts/install-deps installs it)")
+
+for tool in ("Xvfb", "xwd", "xclip", "xdotool"):
+    if shutil.which(tool) is None:
+        sys.exit(f"gui test: {tool} is missing (scripts/install-deps installs it)")
+if not os.environ.get("DBUS_SESSION_BUS_ADDRESS"):
+    sys.exit("gui test: no session bus; run me under dbus-run-session")
+
+HANGAR = os.environ["HANGAR"]
+HANGARD = os.environ["HANGARD"]
+HANGARCTL = os.environ["HANGARCTL"]
+TINY = os.environ["TINY_GUESTS"]
+WAIT = 30.0
+
+passed = 0
+failed = 0
+work = tempfile.mkdtemp(prefix="hangar-gui-")
+children = []
+
+
+def check(name, ok, detail=""):
+    global passed, failed
+    if ok:
+        passed += 1
+        print(f"ok   {name}", flush=True)
+    else:
+        failed += 1
+        print(f"FAIL {name} {detail}", flush=True)
+
+
+def spawn(args, log, env=None):
+    out = open(os.path.join(work, log), "ab")
+    proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env or os.environ)
+    children.append(proc)
+    return proc
+
+
+def ctl(*args):
+    result = subprocess.run([HANGARCTL, *args], capture_output=True, text=True, timeout=60)
+    if result.returncode != 0:
+        raise RuntimeError(f"hangarctl {' '.join(args)}: {result.stderr.strip()}")
+    return result.stdout
+
+
+def vm_state(name):
+    for vm in json.loads(ctl("list", "--all", "--json")):
+        if vm.get("name") == name:
+            return vm.get("state")
+    return None
+
+
+def wait_until(what, predicate, timeout=WAIT):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            value = predicate()
+        except Exception:  # the tree changes under our feet while we walk it
+            value = None
+        if value:
+            return value
+        time.sleep(0.2)
+    return None
+
+
+def walk(node, depth=0):
+    if node is None or depth > 40:
+        return
+    yield node
+    try:
+        count = node.childCount
+    except Exception:
+        return
+    for i in range(count):
+        try:
+            child = node.getChildAtIndex(i)
+        except Exception:
+            continue
+        yield from walk(child, depth + 1)
+
+
+def find_all(root, role=None, name=None, prefix=None):
+    found = []
+    for node in walk(root):
+        try:
+            if role and node.getRoleName() != role:
+                continue
+            if name is not None and node.name != name:
+                continue
+            if prefix is not None and not (node.name or "").startswith(prefix):
+                continue
+        except Exception:
+            continue
+        found.append(node)
+    return found
+
+
+def find(root, role=None, name=None, prefix=None, timeout=WAIT):
+    return wait_until(
+        f"{role} {name or prefix}",
+        lambda: (find_all(root, role, name, prefix) or [None])[0],
+        timeout,
+    )
+
+
+def has_state(node, state):
+    try:
+        return node.getState().contains(state)
+    except Exception:
+        return False
+
+
+def showing(node):
+    # GTK 4.8 reports "visible" (the widget's own visibility), not "showing".
+    try:
+        return node.getState().contains(pyatspi.STATE_VISIBLE)
+    except Exception:
+        return False
+
+
+def click(node):
+    node.queryAction().doAction(0)
+
+
+def hangar_app():
+    def lookup():
+        desktop = pyatspi.Registry.getDesktop(0)
+        for i in range(desktop.childCount):
+            app = desktop.getChildAtIndex(i)
+            if app is not None and app.name == "hangar":
+                return app
+        return None
+
+    return wait_until("the hangar application on AT-SPI", lookup)
+
+
+def select_row(listbox, prefix):
+    for i in range(listbox.childCount):
+        if (listbox.getChildAtIndex(i).name or "").startswith(prefix):
+            listbox.querySelection().selectChild(i)
+            return True
+    return False
+
+
+def read_xwd(path):
+    """Width, height and the set of distinct pixel values of an XWD (ZPixmap, 32 bpp) dump."""
+    data = open(path, "rb").read()
+    header = struct.unpack(">25I", data[:100])
+    header_size, width, height = header[0], header[4], header[5]
+    bits_per_pixel, bytes_per_line, ncolors = header[11], header[12], header[19]
+    offset = header_size + ncolors * 12
+    step = bits_per_pixel // 8
+    assert step in (3, 4), f"xwd: {bits_per_pixel} bits per pixel"
+    colours = set()
+    for y in range(0, height, 2):
+        row = data[offset + y * bytes_per_line: offset + y * bytes_per_line + width * step]
+        for x in range(0, len(row), 2 * step):
+            colours.add(row[x:x + 3])
+    return width, height, colours
+
+
+def main():
+    env = dict(os.environ)
+    for sub in ("config", "data", "run"):
+        os.makedirs(os.path.join(work, sub), mode=0o700)
+    env.update(
+        XDG_CONFIG_HOME=os.path.join(work, "config"),
+        XDG_DATA_HOME=os.path.join(work, "data"),
+        XDG_RUNTIME_DIR=os.path.join(work, "run"),
+        GSK_RENDERER="cairo",
+        GTK_A11Y="atspi",
+        NO_AT_BRIDGE="0",
+        LANGUAGE="en",
+        LC_ALL="C.UTF-8",
+    )
+    os.environ.update(env)
+
+    # A display of our own.
+    read_fd, write_fd = os.pipe()
+    xvfb = subprocess.Popen(
+        ["Xvfb", "-displayfd", str(write_fd), "-screen", "0", "1280x900x24", "-nolisten", "tcp"],
+        pass_fds=[write_fd], stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "xvfb.log"), "wb"),
+    )
+    children.append(xvfb)
+    os.close(write_fd)
+    display = os.read(read_fd, 16).decode().strip()
+    if not display:
+        sys.exit("gui test: Xvfb did not start (see its log)")
+    os.environ["DISPLAY"] = env["DISPLAY"] = f":{display}"
+
+    spawn([HANGARD, "--stats-interval", "300"], "hangard.log", env)
+    if not wait_until("hangard", lambda: subprocess.run([HANGARCTL, "list"], capture_output=True).returncode == 0):
+        sys.exit("gui test: hangard did not come up")
+    for name, guest in (("ticker", "ticker"), ("echo", "echo"), ("hello", "hello")):
+        definition = os.path.join(work, f"{name}.json")
+        with open(definition, "w") as f:
+            json.dump({"name": name, "kernel": os.path.join(TINY, f"{guest}.elf"),
+                       "memory": "32M", "display": "none"}, f)
+        ctl("define", definition)
+
+    started = time.monotonic()
+    spawn([HANGAR], "hangar.log", env)
+    app = hangar_app()
+    if app is None:
+        sys.exit("gui test: hangar never appeared on the AT-SPI bus (see hangar.log)")
+    window = find(app, "frame", "Hangar")
+    check("the manager window is titled Hangar", window is not None)
+    if window is None:
+        return
+    listbox = find(window, "list", "Virtual machines")
+    rows = wait_until("three rows", lambda: len(find_all(listbox, "list item")) == 3 and find_all(listbox, "list item"))
+    check("the manager lists the defined VMs with their state",
+          rows and sorted(r.name for r in rows) == ["echo (Shut off)", "hello (Shut off)", "ticker (Shut off)"],
+          [r.name for r in rows or []])
+    print(f"     (window with its VMs listed {time.monotonic() - started:.2f} s after launch)")
+    check("the connection row shows localhost (KVM), connected",
+          find(window, "label", "localhost (KVM)") is not None and find(window, "label", "Connected") is not None)
+
+    kvm_pvm = os.path.exists("/sys/module/kvm_pvm") and not os.path.exists("/sys/module/kvm_intel") \
+        and not os.path.exists("/sys/module/kvm_amd")
+    warning = find(window, "label", "Guests are emulated", timeout=5 if kvm_pvm else 2)
+    if kvm_pvm:
+        check("kvm_pvm: the 'guests are emulated' warning is shown", warning is not None and showing(warning))
+    else:
+        check("hardware KVM: no emulation warning", warning is None or not showing(warning))
+
+    # Run through the toolbar: the row's state follows hangard's signals.
+    run = find(window, "push button", "Run")
+    check("Run is disabled with nothing selected", run is not None and not run.getState().contains(pyatspi.STATE_ENABLED))
+    select_row(listbox, "ticker")
+    wait_until("Run enabled", lambda: run.getState().contains(pyatspi.STATE_ENABLED), 10)
+    click(run)
+    row = find(listbox, "list item", "ticker (Running)")
+    check("Run starts the VM and its row turns Running", row is not None and vm_state("ticker") == "running",
+          vm_state("ticker"))
+
+    # Pause from the toolbar.
+    pause = find(window, "push button", "Pause")
+    wait_until("Pause enabled", lambda: pause.getState().contains(pyatspi.STATE_ENABLED), 10)
+    click(pause)
+    check("Pause suspends it and the row turns Paused",
+          find(listbox, "list item", "ticker (Paused)") is not None and vm_state("ticker") == "paused")
+    click(pause)
+    check("Pause again resumes it", find(listbox, "list item", "ticker (Running)") is not None)
+
+    # Behind the GUI's back: a VM started and one removed with hangarctl.
+    ctl("start", "echo")
+    check("a VM started with hangarctl turns Running in the list",
+          find(listbox, "list item", "echo (Running)") is not None)
+    ctl("undefine", "hello")
+    check("a definition removed with hangarctl disappears from the list",
+          wait_until("hello gone", lambda: not find_all(listbox, "list item", prefix="hello")) is not None)
+
+    # Search (Ctrl+F opens the bar; typing filters by name).
+    subprocess.run(["xdotool", "search", "--sync", "--name", "^Hangar$", "windowfocus", "--sync"],
+                   capture_output=True, timeout=20)
+    subprocess.run(["xdotool", "key", "ctrl+f"], timeout=10)
+    entry = find(window, "entry", "Search by name")
+    check("Ctrl+F opens the search entry with the focus in it",
+          wait_until("entry focused", lambda: has_state(entry, pyatspi.STATE_FOCUSED), 10) is not None)
+    subprocess.run(["xdotool", "type", "--delay", "50", "tick"], timeout=20)
+
+    def filtered():
+        items = find_all(listbox, "list item")
+        visible = [i.name for i in items if showing(i)]
+        return visible == ["ticker (Running)"] and visible
+
+    check("searching 'tick' leaves only ticker", wait_until("filter", filtered, 10) is not None,
+          [(i.name, showing(i)) for i in find_all(listbox, "list item")])
+    subprocess.run(["xdotool", "key", "ctrl+a", "BackSpace"], timeout=20)
+    wait_until("unfiltered", lambda: len([i for i in find_all(listbox, "list item") if showing(i)]) == 2, 10)
+
+    # The VM window: serial output of the echo guest, typed keys echoed back, live graphs.
+    select_row(listbox, "echo")
+    open_button = find(window, "push button", "Open")
+    wait_until("Open enabled", lambda: open_button.getState().contains(pyatspi.STATE_ENABLED), 10)
+    click(open_button)
+    vm_window = find(app, "frame", "echo – Hangar")
+    check("Open shows the VM window", vm_window is not None)
+    if vm_window is None:
+        return
+    serial_tab = find(vm_window, None, "Serial")
+    status = find(vm_window, "label", "Connected to the serial console.")
+    check("the serial page attaches to the VM's serial console", status is not None)
+    for node in find_all(vm_window, name="Serial"):
+        try:
+            click(node)
+            break
+        except Exception:
+            continue
+    del serial_tab
+    terminal = find(vm_window, None, "Serial console")
+    # Focus the terminal with a real click, then type: the echo guest sends it back.
+    subprocess.run(["xdotool", "search", "--sync", "--name", "^echo – Hangar$", "windowfocus", "--sync"],
+                   capture_output=True, timeout=20)
+    def click_terminal():
+        # The page switch settles first; the extents are read afresh for every try.
+        time.sleep(0.5)
+        ext = terminal.queryComponent().getExtents(pyatspi.WINDOW_COORDS)
+        geometry = subprocess.run(["xdotool", "search", "--name", "^echo – Hangar$", "getwindowgeometry", "--shell"],
+                                  capture_output=True, text=True, timeout=10).stdout
+        pos = dict(line.split("=", 1) for line in geometry.split() if "=" in line)
+        x = int(pos.get("X", 0)) + ext.x + ext.width // 2
+        y = int(pos.get("Y", 0)) + ext.y + ext.height // 2
+        subprocess.run(["xdotool", "mousemove", str(x), str(y), "click", "1"], timeout=10)
+        return wait_until("terminal focused", lambda: has_state(terminal, pyatspi.STATE_FOCUSED), 3)
+
+    focused = any(click_terminal() for _ in range(4))
+    check("a click puts the focus in the serial terminal", focused,
+          [pyatspi.stateToString(s) for s in terminal.getState().getStates()])
+    subprocess.run(["xdotool", "type", "--delay", "50", "hangar42"], timeout=20)
+    copy_all = find(vm_window, "push button", "Copy All Output")
+
+    def serial_text():
+        click(copy_all)
+        time.sleep(0.3)
+        out = subprocess.run(["xclip", "-o", "-selection", "clipboard"], capture_output=True,
+                             text=True, timeout=10).stdout
+        return out
+
+    text = wait_until("serial text", lambda: "hangar42" in serial_text() and serial_text(), 20)
+    check("the serial page shows the guest's output ('ready')", text is not None and "ready" in text,
+          repr(serial_text()[-200:]))
+    check("keys typed in the serial page reach the guest and come back", text is not None and "hangar42" in text)
+
+    cpu_value = find(vm_window, "label", None, prefix="", timeout=1)
+    del cpu_value
+
+    def cpu_reading():
+        labels = [n.name for n in find_all(vm_window, "label") if (n.name or "").endswith(" %")]
+        return labels
+
+    check("the performance graphs receive samples", wait_until("cpu %", cpu_reading, 15) is not None)
+
+    # Screenshot of the screen: real, non-blank pixels.
+    shot = os.path.join(work, "screen.xwd")
+    subprocess.run(["xwd", "-root", "-silent", "-out", shot], check=True, timeout=20)
+    width, height, colours = read_xwd(shot)
+    check("a screenshot of the windows has real content", width >= 640 and len(colours) >= 16,
+          f"{width}x{height}, {len(colours)} colours")
+
+    # hangard restarts: the GUI says so and reconnects by itself.
+    hangard = next(p for p in children if p.args[0] == HANGARD)
+    hangard.send_signal(signal.SIGTERM)
+    hangard.wait(timeout=20)
+    check("hangard gone: the connection row says Not connected",
+          find(window, "label", "Not connected") is not None)
+    spawn([HANGARD, "--stats-interval", "300"], "hangard.log", env)
+    check("hangard back: the GUI reconnects and lists the VMs again",
+          find(window, "label", "Connected") is not None
+          and wait_until("rows back", lambda: len(find_all(listbox, "list item")) == 2) is not None)
+
+
+try:
+    main()
+except Exception as err:  # a crash of the driver is a failure, with its reason
+    import traceback
+    traceback.print_exc()
+    failed += 1
+finally:
+    for proc in reversed(children):
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    if failed:
+        for log in ("hangar.log", "hangard.log"):
+            path = os.path.join(work, log)
+            if os.path.exists(path):
+                print(f"--- {log}\n" + open(path, errors="replace").read()[-4000:])
+    shutil.rmtree(work, ignore_errors=True)
+    print(f"{passed} passed, {failed} failed")
+    sys.exit(1 if failed or passed == 0 else 0)
