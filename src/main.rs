@@ -1,23 +1,10 @@
 //! `hangar`: Hangar's desktop GUI. Opens the manager window, or with `--show-vm NAME` a VM's
 //! window directly. Talks to `hangard` on the session bus.
 
-mod connection;
-mod delete_dialog;
-mod i18n;
-mod manager;
-mod serial_text;
-mod stats_history;
-mod vm_list;
-mod vm_window;
-mod widgets;
-
 use clap::Parser;
 use gtk::prelude::*;
 use gtk::{gio, glib};
-
-/// The GUI's application id. Not hangard's bus name (dev.hangar.Hangar): GApplication owns its
-/// id on the session bus.
-pub const APP_ID: &str = "dev.hangar.App";
+use hangar::{i18n, manager, APP_ID};
 
 #[derive(Parser, Debug)]
 #[command(name = "hangar", version, about = "Hangar: desktop virtual machines")]
