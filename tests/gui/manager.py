@@ -219,6 +219,12 @@ def main():
             json.dump({"name": name, "kernel": os.path.join(TINY, f"{guest}.elf"),
                        "memory": "32M", "display": "none"}, f)
         ctl("define", definition)
+    ctl("vol-create", "scratch.qcow2", "16M")
+    definition = os.path.join(work, "scratch.json")
+    with open(definition, "w") as f:
+        json.dump({"name": "scratch", "kernel": os.path.join(TINY, "hello.elf"), "memory": "32M",
+                   "display": "none", "disks": [{"volume": "scratch.qcow2"}]}, f)
+    ctl("define", definition)
 
     started = time.monotonic()
     spawn([HANGAR], "hangar.log", env)
@@ -230,9 +236,10 @@ def main():
     if window is None:
         return
     listbox = find(window, "list", "Virtual machines")
-    rows = wait_until("three rows", lambda: len(find_all(listbox, "list item")) == 3 and find_all(listbox, "list item"))
-    check("the manager lists the defined VMs with their state",
-          rows and sorted(r.name for r in rows) == ["echo (Shut off)", "hello (Shut off)", "ticker (Shut off)"],
+    rows = wait_until("four rows", lambda: len(find_all(listbox, "list item")) == 4 and find_all(listbox, "list item"))
+    check("the manager lists the defined VMs with their state, sorted by name",
+          rows and [r.name for r in rows] == ["echo (Shut off)", "hello (Shut off)", "scratch (Shut off)",
+                                              "ticker (Shut off)"],
           [r.name for r in rows or []])
     print(f"     (window with its VMs listed {time.monotonic() - started:.2f} s after launch)")
     check("the connection row shows localhost (KVM), connected",
@@ -289,8 +296,27 @@ def main():
 
     check("searching 'tick' leaves only ticker", wait_until("filter", filtered, 10) is not None,
           [(i.name, showing(i)) for i in find_all(listbox, "list item")])
-    subprocess.run(["xdotool", "key", "ctrl+a", "BackSpace"], timeout=20)
-    wait_until("unfiltered", lambda: len([i for i in find_all(listbox, "list item") if showing(i)]) == 2, 10)
+    subprocess.run(["xdotool", "key", "ctrl+a", "BackSpace", "Escape"], timeout=20)
+    wait_until("unfiltered", lambda: len([i for i in find_all(listbox, "list item") if showing(i)]) == 3, 10)
+
+    # Delete, with the VM's volume checked for removal.
+    select_row(listbox, "scratch")
+    time.sleep(0.5)
+    subprocess.run(["xdotool", "key", "Delete"], timeout=10)
+    dialog = wait_until("the delete dialog", lambda: next(
+        (w for w in find_all(app, prefix="Delete scratch?") if w.getRoleName() in ("dialog", "frame", "alert")), None), 15)
+    box = find(dialog or app, "check box", "Delete volume scratch.qcow2", timeout=5)
+    check("Delete asks first, with the VM's volume in a checklist, checked",
+          dialog is not None and box is not None and has_state(box, pyatspi.STATE_CHECKED))
+    if dialog is not None:
+        # libadwaita 1.2 names a response button by its label twice ("Delete Delete").
+        confirm = find_all(dialog, "push button", prefix="Delete")
+        click(confirm[0])
+    volumes = lambda: ctl("vol-list")
+    check("confirming deletes the VM and its volume",
+          wait_until("scratch gone", lambda: not find_all(listbox, "list item", prefix="scratch")) is not None
+          and wait_until("volume gone", lambda: "scratch.qcow2" not in volumes(), 10) is not None,
+          volumes())
 
     # The VM window: serial output of the echo guest, typed keys echoed back, live graphs.
     select_row(listbox, "echo")
@@ -371,6 +397,20 @@ def main():
     check("hangard back: the GUI reconnects and lists the VMs again",
           find(window, "label", "Connected") is not None
           and wait_until("rows back", lambda: len(find_all(listbox, "list item")) == 2) is not None)
+
+    # `hangar --show-vm NAME` opens that VM's window and no manager.
+    spawn([HANGAR, "--show-vm", "ticker"], "hangar-show-vm.log", env)
+
+    def second_app():
+        desktop = pyatspi.Registry.getDesktop(0)
+        apps = [desktop.getChildAtIndex(i) for i in range(desktop.childCount)]
+        apps = [a for a in apps if a is not None and a.name == "hangar" and a != app]
+        return apps[0] if apps else None
+
+    other = wait_until("a second hangar", second_app)
+    shown = other is not None and find(other, "frame", "ticker – Hangar") is not None
+    check("hangar --show-vm ticker opens the VM window alone",
+          shown and not find_all(other, "frame", "Hangar"))
 
 
 try:
