@@ -306,41 +306,37 @@ impl ManagerWindow {
     /// This polls stats, not the list: the list changes only through signals.
     fn sample_stats(&self, sender: &ComponentSender<Self>) {
         let active = self.active.clone();
-        let connection: Arc<Mutex<Option<zbus::blocking::Connection>>> = Arc::default();
-        let shared = connection.clone();
         let out = sender.command_sender().clone();
-        std::thread::spawn(move || loop {
-            std::thread::sleep(std::time::Duration::from_secs(1));
-            let paths = active.lock().unwrap().clone();
-            if paths.is_empty() {
-                if out.send(ManagerCmd::Stats(Vec::new())).is_err() {
+        std::thread::spawn(move || {
+            let mut bus: Option<zbus::blocking::Connection> = None;
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                let paths = active.lock().unwrap().clone();
+                if !paths.is_empty() && bus.is_none() {
+                    bus = zbus::blocking::Connection::session().ok();
+                }
+                let samples: Vec<(String, Sample)> = match &bus {
+                    Some(bus) => paths
+                        .into_iter()
+                        .filter_map(|path| {
+                            let sample = hangar_engine::host::api::VmProxyBlocking::builder(bus)
+                                .path(path.as_str())
+                                .ok()?
+                                .build()
+                                .ok()?
+                                .get_stats()
+                                .ok()?;
+                            Some((path, sample))
+                        })
+                        .collect(),
+                    None => Vec::new(),
+                };
+                // Sending also tells whether the window is still there.
+                if out.send(ManagerCmd::Stats(samples)).is_err() {
                     return;
                 }
-                continue;
-            }
-            let mut guard = shared.lock().unwrap();
-            if guard.is_none() {
-                *guard = zbus::blocking::Connection::session().ok();
-            }
-            let Some(bus) = guard.as_ref() else { continue };
-            let samples: Vec<(String, Sample)> = paths
-                .into_iter()
-                .filter_map(|path| {
-                    let sample = hangar_engine::host::api::VmProxyBlocking::builder(bus)
-                        .path(path.as_str())
-                        .ok()?
-                        .build()
-                        .ok()?
-                        .get_stats()
-                        .ok()?;
-                    Some((path, sample))
-                })
-                .collect();
-            if out.send(ManagerCmd::Stats(samples)).is_err() {
-                return;
             }
         });
-        drop(connection);
     }
 
     fn host_event(&mut self, sender: &ComponentSender<Self>, event: HostEvent) {
@@ -632,7 +628,7 @@ impl ManagerWindow {
     }
 
     fn install_actions(&mut self, sender: &ComponentSender<Self>) {
-        let entries: [(&'static str, ManagerMsgFactory); 12] = [
+        let entries: [(&'static str, ManagerMsgFactory); 10] = [
             ("vm-open", || ManagerMsg::Open),
             ("vm-run", || ManagerMsg::Act(VmAction::Start)),
             ("vm-pause", || ManagerMsg::TogglePause),
@@ -643,22 +639,24 @@ impl ManagerWindow {
             ("new-vm", || ManagerMsg::NewVm),
             ("add-sample", || ManagerMsg::AddSample),
             ("reconnect", || ManagerMsg::Reconnect),
-            ("search", || ManagerMsg::Search(String::new())),
-            ("quit", || ManagerMsg::Search(String::new())),
         ];
         for (name, message) in entries {
             let action = gio::SimpleAction::new(name, None);
             let input = sender.input_sender().clone();
-            let search_bar = self.ui.search_bar.clone();
-            let window = self.window.clone();
-            action.connect_activate(move |_, _| match name {
-                "search" => search_bar.set_search_mode(!search_bar.is_search_mode()),
-                "quit" => window.close(),
-                _ => input.emit(message()),
-            });
+            action.connect_activate(move |_, _| input.emit(message()));
             self.window.add_action(&action);
             self.actions.insert(name, action);
         }
+        // Pure view actions, no model change.
+        let search = gio::SimpleAction::new("search", None);
+        let search_bar = self.ui.search_bar.clone();
+        search
+            .connect_activate(move |_, _| search_bar.set_search_mode(!search_bar.is_search_mode()));
+        self.window.add_action(&search);
+        let quit = gio::SimpleAction::new("quit", None);
+        let window = self.window.clone();
+        quit.connect_activate(move |_, _| window.close());
+        self.window.add_action(&quit);
         for (key, _) in COLUMN_KEYS {
             let shown = self.columns.get(key).copied().unwrap_or(false);
             let action = gio::SimpleAction::new_stateful(

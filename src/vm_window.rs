@@ -38,6 +38,8 @@ pub struct VmWindow {
     history: StatsHistory,
     actions: Vec<(VmAction, gio::SimpleAction)>,
     serial: Rc<RefCell<Option<SerialStream>>>,
+    /// Kept while it is open: a native dialog lives only as long as its last reference.
+    screenshot_chooser: Option<gtk::FileChooserNative>,
     ui: Ui,
 }
 
@@ -144,6 +146,7 @@ impl Component for VmWindow {
             history: StatsHistory::new(HISTORY_LEN),
             actions: Vec::new(),
             serial: Rc::default(),
+            screenshot_chooser: None,
             ui,
         };
         model.install_actions(&sender);
@@ -175,6 +178,9 @@ impl Component for VmWindow {
                 if reopen {
                     self.history.clear();
                     self.open_streams(&sender);
+                } else if was_active && !self.info.is_active() {
+                    self.ui.display.detach();
+                    self.show_not_running();
                 }
             }
             VmWindowMsg::Sample(sample) => {
@@ -570,7 +576,7 @@ impl VmWindow {
         }
     }
 
-    fn screenshot(&self) {
+    fn screenshot(&mut self) {
         let Some(texture) = self.ui.display.screenshot() else {
             self.toast(&gettext("There is no picture to save yet."));
             return;
@@ -602,8 +608,7 @@ impl VmWindow {
             }
         });
         chooser.show();
-        // The chooser must live until it answers.
-        std::mem::forget(chooser);
+        self.screenshot_chooser = Some(chooser);
     }
 }
 
@@ -717,6 +722,14 @@ fn build_ui(window: &adw::Window, sender: &ComponentSender<VmWindow>) -> Ui {
     console_stack.add_named(&overlay, Some("display"));
     console_stack.add_named(&console_message, Some("message"));
     console_stack.set_visible_child_name("message");
+    {
+        let (stack, message) = (console_stack.clone(), console_message.clone());
+        display.connect_closed(move |why| {
+            message.set_title(&gettext("No Display"));
+            message.set_description(Some(&why));
+            stack.set_visible_child_name("message");
+        });
+    }
     let console_page = stack.add_titled(&console_stack, Some("console"), &gettext("Console"));
     console_page.set_icon_name(Some("video-display-symbolic"));
 
