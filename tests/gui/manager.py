@@ -164,6 +164,57 @@ def select_row(listbox, prefix):
     return False
 
 
+def click_into(widget, title):
+    """A real click in the middle of `widget` of the window whose title matches the regular
+    expression `title` (xdotool's --name); true once the
+    widget has the focus. The extents are read afresh for every try, after a page switch
+    has had time to settle."""
+    raise_window(title)
+    for _ in range(4):
+        time.sleep(0.5)
+        ext = widget.queryComponent().getExtents(pyatspi.WINDOW_COORDS)
+        geometry = subprocess.run(["xdotool", "search", "--name", title, "getwindowgeometry", "--shell"],
+                                  capture_output=True, text=True, timeout=10).stdout
+        pos = dict(line.split("=", 1) for line in geometry.split() if "=" in line)
+        x = int(pos.get("X", 0)) + ext.x + ext.width // 2
+        y = int(pos.get("Y", 0)) + ext.y + ext.height // 2
+        subprocess.run(["xdotool", "mousemove", str(x), str(y), "click", "1"], timeout=10)
+        if wait_until("focus", lambda: has_state(widget, pyatspi.STATE_FOCUSED), 3):
+            return True
+    return False
+
+
+def raise_window(title):
+    # No window manager under Xvfb: windows stack as they were mapped until raised.
+    subprocess.run(["xdotool", "search", "--name", title, "windowraise"], capture_output=True, timeout=10)
+
+
+def click_page(window, name):
+    for node in find_all(window, "page tab", name):
+        try:
+            click(node)
+            return True
+        except Exception:
+            continue
+    return False
+
+
+def read_xwd_pixels(path):
+    """Width, height and the (r, g, b) pixels of an XWD (ZPixmap, 24/32 bpp) dump."""
+    data = open(path, "rb").read()
+    header = struct.unpack(">25I", data[:100])
+    header_size, width, height = header[0], header[4], header[5]
+    step, bytes_per_line, ncolors = header[11] // 8, header[12], header[19]
+    offset = header_size + ncolors * 12
+    pixels = []
+    for y in range(height):
+        row = data[offset + y * bytes_per_line: offset + y * bytes_per_line + width * step]
+        for x in range(0, len(row), step):
+            b, g, r = row[x], row[x + 1], row[x + 2]  # little-endian B, G, R(, X)
+            pixels.append((r, g, b))
+    return width, height, pixels
+
+
 def read_xwd(path):
     """Width, height and the set of distinct pixel values of an XWD (ZPixmap, 32 bpp) dump."""
     data = open(path, "rb").read()
@@ -356,19 +407,7 @@ def main():
     # Focus the terminal with a real click, then type: the echo guest sends it back.
     subprocess.run(["xdotool", "search", "--sync", "--name", "^echo – Hangar$", "windowfocus", "--sync"],
                    capture_output=True, timeout=20)
-    def click_terminal():
-        # The page switch settles first; the extents are read afresh for every try.
-        time.sleep(0.5)
-        ext = terminal.queryComponent().getExtents(pyatspi.WINDOW_COORDS)
-        geometry = subprocess.run(["xdotool", "search", "--name", "^echo – Hangar$", "getwindowgeometry", "--shell"],
-                                  capture_output=True, text=True, timeout=10).stdout
-        pos = dict(line.split("=", 1) for line in geometry.split() if "=" in line)
-        x = int(pos.get("X", 0)) + ext.x + ext.width // 2
-        y = int(pos.get("Y", 0)) + ext.y + ext.height // 2
-        subprocess.run(["xdotool", "mousemove", str(x), str(y), "click", "1"], timeout=10)
-        return wait_until("terminal focused", lambda: has_state(terminal, pyatspi.STATE_FOCUSED), 3)
-
-    focused = any(click_terminal() for _ in range(4))
+    focused = click_into(terminal, "^echo . Hangar$")
     check("a click puts the focus in the serial terminal", focused,
           [pyatspi.stateToString(s) for s in terminal.getState().getStates()])
     subprocess.run(["xdotool", "type", "--delay", "50", "hangar42"], timeout=20)
@@ -402,7 +441,17 @@ def main():
     check("a screenshot of the windows has real content", width >= 640 and len(colours) >= 16,
           f"{width}x{height}, {len(colours)} colours")
 
+    # The graphical console, on a guest that draws: fbdraw fills rows 100..163 with red 255,
+    # green = row, blue = pass when it reads 'd' on its serial port.
+    close_button = find(vm_window, "push button", "Close", timeout=5)
+    if close_button is not None:
+        click(close_button)
+    check("the VM window closes", wait_until("echo window gone",
+                                             lambda: not find_all(app, "frame", "echo – Hangar"), 10) is not None)
+    console_check(app, window, listbox)
+
     # hangard restarts: the GUI says so and reconnects by itself.
+    rows_before = len(find_all(listbox, "list item"))
     hangard = next(p for p in children if p.args[0] == HANGARD)
     hangard.send_signal(signal.SIGTERM)
     hangard.wait(timeout=20)
@@ -411,7 +460,7 @@ def main():
     spawn([HANGARD, "--stats-interval", "300"], "hangard.log", env)
     check("hangard back: the GUI reconnects and lists the VMs again",
           find(window, "label", "Connected") is not None
-          and wait_until("rows back", lambda: len(find_all(listbox, "list item")) == 2) is not None)
+          and wait_until("rows back", lambda: len(find_all(listbox, "list item")) == rows_before) is not None)
 
     # `hangar --show-vm NAME` opens that VM's window and no manager.
     spawn([HANGAR, "--show-vm", "ticker"], "hangar-show-vm.log", env)
@@ -426,6 +475,54 @@ def main():
     shown = other is not None and find(other, "frame", "ticker – Hangar") is not None
     check("hangar --show-vm ticker opens the VM window alone",
           shown and not find_all(other, "frame", "Hangar"))
+
+
+def console_check(app, window, listbox):
+    fbdraw = os.path.join(TINY, "fbdraw.elf")
+    if not os.path.exists(fbdraw):
+        print("     (console check not run: no fbdraw tiny guest here; it comes with the display "
+              "stream in hangar-vmm)")
+        return
+    definition = os.path.join(work, "fb.json")
+    with open(definition, "w") as f:
+        json.dump({"name": "fb", "kernel": fbdraw, "memory": "32M", "display": "framebuffer"}, f)
+    ctl("define", definition)
+    ctl("start", "fb")
+    find(listbox, "list item", "fb (Running)")
+    select_row(listbox, "fb")
+    open_button = find(window, "push button", "Open")
+    wait_until("Open enabled", lambda: has_state(open_button, pyatspi.STATE_ENABLED), 10)
+    click(open_button)
+    fb_window = find(app, "frame", "fb – Hangar")
+    if fb_window is None:
+        check("the fb VM window opens", False)
+        return
+    time.sleep(1.0)
+    if [n for n in find_all(fb_window, "label") if "not available yet" in (n.name or "")]:
+        print("     (console check not run: this hangard has no display stream yet, it says so "
+              "on the console page)")
+        return
+    no_display = find(fb_window, "label", "No Display", timeout=3)
+    check("the console page attaches to the VM's display", no_display is None or not showing(no_display),
+          [n.name for n in find_all(fb_window, "label")][:20])
+    click_page(fb_window, "Serial")
+    terminal = find(fb_window, None, "Serial console")
+    find(fb_window, "label", "Connected to the serial console.")
+    click_into(terminal, "^fb . Hangar$")
+    subprocess.run(["xdotool", "type", "d"], timeout=10)
+    time.sleep(1.0)
+    click_page(fb_window, "Console")
+    raise_window("^fb . Hangar$")
+    shot = os.path.join(work, "console.xwd")
+
+    def drawn_pixels():
+        subprocess.run(["xwd", "-root", "-silent", "-out", shot], check=True, timeout=20)
+        _, _, pixels = read_xwd_pixels(shot)
+        return sum(1 for r, g, b in pixels if r >= 240 and 90 <= g <= 175 and b <= 8)
+
+    count = wait_until("the drawn rows on screen", lambda: drawn_pixels() >= 500 and drawn_pixels(), 20)
+    check("the console shows what the guest drew (rows 100..163 in red, green = row)", count is not None,
+          f"{drawn_pixels()} matching pixels")
 
 
 try:

@@ -53,6 +53,8 @@ pub enum DisplayEvent {
     Framebuffer(FramebufferInfo),
     Damage(Vec<DamageRect>),
     Resync,
+    /// The worker could not understand a line we sent; the stream carries on.
+    Error(String),
 }
 
 #[derive(Deserialize)]
@@ -70,6 +72,9 @@ enum WireEvent {
         rects: Vec<DamageRect>,
     },
     Resync,
+    Error {
+        error: String,
+    },
 }
 
 /// Parses one line from the worker, checking a framebuffer's geometry against its size.
@@ -115,6 +120,7 @@ pub fn parse_event(line: &str) -> Result<DisplayEvent, StreamError> {
         }
         WireEvent::Damage { rects } => DisplayEvent::Damage(rects),
         WireEvent::Resync => DisplayEvent::Resync,
+        WireEvent::Error { error } => DisplayEvent::Error(error),
     })
 }
 
@@ -196,6 +202,10 @@ mod tests {
         assert_eq!(
             parse_event(r#"{"event":"resync"}"#).unwrap(),
             DisplayEvent::Resync
+        );
+        assert_eq!(
+            parse_event(r#"{"event":"error","error":"bad display command"}"#).unwrap(),
+            DisplayEvent::Error("bad display command".into())
         );
         assert!(matches!(
             parse_event("{\"event\":\"nope\"}"),

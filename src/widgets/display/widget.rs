@@ -258,6 +258,11 @@ impl DisplayWidget {
                     }
                 }
             }
+            DisplayEvent::Error(error) => {
+                // Our own bad line: worth a trace, not the end of the console.
+                eprintln!("hangar: the VM's display refused input: {error}");
+                return Ok(());
+            }
             DisplayEvent::Resync => {
                 if let Some(frame) = imp.frame.borrow_mut().as_mut() {
                     frame.dirty.iter_mut().for_each(|d| *d = true);
