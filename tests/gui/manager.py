@@ -524,6 +524,48 @@ def console_check(app, window, listbox):
     check("the console shows what the guest drew (rows 100..163 in red, green = row)", count is not None,
           f"{drawn_pixels()} matching pixels")
 
+    # Keys typed on the console reach the guest's keyboard: kbd prints each scancode on serial.
+    click(find(fb_window, "push button", "Close"))
+    definition = os.path.join(work, "kb.json")
+    with open(definition, "w") as f:
+        json.dump({"name": "kb", "kernel": os.path.join(TINY, "kbd.elf"), "memory": "32M",
+                   "display": "framebuffer"}, f)
+    ctl("define", definition)
+    ctl("start", "kb")
+    find(listbox, "list item", "kb (Running)")
+    select_row(listbox, "kb")
+    wait_until("Open enabled", lambda: has_state(open_button, pyatspi.STATE_ENABLED), 10)
+    click(open_button)
+    kb_window = find(app, "frame", "kb – Hangar")
+    display = find(kb_window, None, "VM display")
+    time.sleep(1.0)
+    clicked = click_into(display, "^kb . Hangar$")
+    grabbed = find(kb_window, "label", "Keyboard grabbed: press Ctrl+Alt to release", timeout=5)
+    check("a click on the console grabs the keyboard and says how to let go",
+          clicked and grabbed is not None)
+    subprocess.run(["xdotool", "type", "--delay", "100", "a"], timeout=10)
+    click_page(kb_window, "Serial")
+    copy_all = find(kb_window, "push button", "Copy All Output")
+
+    def kb_serial():
+        click(copy_all)
+        time.sleep(0.3)
+        return subprocess.run(["xclip", "-o", "-selection", "clipboard"], capture_output=True,
+                              text=True, timeout=10).stdout
+
+    text = wait_until("a scancode on serial", lambda: "scancode=" in kb_serial() and kb_serial(), 15)
+    check("a key typed on the console reaches the guest's keyboard", text is not None,
+          repr(kb_serial()[-300:]))
+    click_page(kb_window, "Console")
+    check("leaving the console lets the keyboard go",
+          find(kb_window, "label", "Click the display to send the keyboard to the VM", timeout=5) is not None)
+    click_into(display, "^kb . Hangar$")
+    find(kb_window, "label", "Keyboard grabbed: press Ctrl+Alt to release", timeout=5)
+    subprocess.run(["xdotool", "key", "ctrl+alt"], timeout=10)
+    check("Ctrl+Alt lets the keyboard go",
+          find(kb_window, "label", "Click the display to send the keyboard to the VM", timeout=5) is not None)
+    click(find(kb_window, "push button", "Close"))
+
 
 try:
     main()

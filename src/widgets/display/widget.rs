@@ -421,6 +421,16 @@ impl DisplayWidget {
         });
         self.add_controller(keys);
 
+        // Keys go where the focus is: a grab without the focus would be a lie.
+        let focus = gtk::EventControllerFocus::new();
+        let weak = self.downgrade();
+        focus.connect_leave(move |_| {
+            if let Some(widget) = weak.upgrade() {
+                widget.set_grabbed(false);
+            }
+        });
+        self.add_controller(focus);
+
         let motion = gtk::EventControllerMotion::new();
         let weak = self.downgrade();
         motion.connect_motion(move |_, x, y| {
