@@ -1,0 +1,497 @@
+//! The console widget: the guest framebuffer as a grid of `gdk::MemoryTexture` tiles, each
+//! rebuilt only when damage touches it, scaled to fit or shown 1:1; keyboard and absolute
+//! pointer input sent back on the same stream.
+
+use std::cell::{Cell, RefCell};
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use gtk::prelude::*;
+use gtk::subclass::prelude::*;
+use gtk::{gdk, glib, graphene};
+
+use super::input::{self, ScaleMode};
+use super::socket::{write_all, LineReader, SharedFramebuffer};
+use super::stream::{parse_event, DisplayEvent, FramebufferInfo, InputCommand, MouseButton};
+use super::tiles::{tile_bgr, TileGrid};
+
+type Callback<T> = RefCell<Option<Box<dyn Fn(T)>>>;
+
+mod imp {
+    use super::*;
+
+    pub struct Frame {
+        pub info: FramebufferInfo,
+        pub memory: SharedFramebuffer,
+        pub grid: TileGrid,
+        pub textures: Vec<Option<gdk::Texture>>,
+        pub dirty: Vec<bool>,
+    }
+
+    pub struct DisplayWidget {
+        pub socket: RefCell<Option<OwnedFd>>,
+        pub watch: RefCell<Option<glib::SourceId>>,
+        pub reader: RefCell<LineReader>,
+        pub frame: RefCell<Option<Frame>>,
+        pub mode: Cell<ScaleMode>,
+        pub grabbed: Cell<bool>,
+        pub on_grab: Callback<bool>,
+        pub on_frame: Callback<(u32, u32)>,
+        pub on_closed: Callback<String>,
+        pub tiles_rebuilt: Cell<u64>,
+    }
+
+    impl Default for DisplayWidget {
+        fn default() -> Self {
+            DisplayWidget {
+                socket: RefCell::default(),
+                watch: RefCell::default(),
+                reader: RefCell::default(),
+                frame: RefCell::default(),
+                mode: Cell::new(ScaleMode::Fit),
+                grabbed: Cell::new(false),
+                on_grab: RefCell::default(),
+                on_frame: RefCell::default(),
+                on_closed: RefCell::default(),
+                tiles_rebuilt: Cell::new(0),
+            }
+        }
+    }
+
+    #[glib::object_subclass]
+    impl ObjectSubclass for DisplayWidget {
+        const NAME: &'static str = "HangarDisplay";
+        type Type = super::DisplayWidget;
+        type ParentType = gtk::Widget;
+
+        fn class_init(klass: &mut Self::Class) {
+            klass.set_css_name("display");
+            klass.set_accessible_role(gtk::AccessibleRole::Img);
+        }
+    }
+
+    impl ObjectImpl for DisplayWidget {
+        fn constructed(&self) {
+            self.parent_constructed();
+            let widget = self.obj();
+            widget.set_focusable(true);
+            widget.set_hexpand(true);
+            widget.set_vexpand(true);
+            widget.install_input();
+        }
+
+        fn dispose(&self) {
+            self.obj().detach();
+        }
+    }
+
+    impl WidgetImpl for DisplayWidget {
+        fn measure(&self, orientation: gtk::Orientation, _for_size: i32) -> (i32, i32, i32, i32) {
+            let natural = self
+                .frame
+                .borrow()
+                .as_ref()
+                .map_or(0, |f| match orientation {
+                    gtk::Orientation::Horizontal => f.info.width as i32,
+                    _ => f.info.height as i32,
+                });
+            (64, natural.max(64), -1, -1)
+        }
+
+        fn snapshot(&self, snapshot: &gtk::Snapshot) {
+            let widget = self.obj();
+            let (width, height) = (widget.width() as f32, widget.height() as f32);
+            snapshot.append_color(
+                &gdk::RGBA::BLACK,
+                &graphene::Rect::new(0.0, 0.0, width, height),
+            );
+            let mut frame = self.frame.borrow_mut();
+            let Some(frame) = frame.as_mut() else {
+                return;
+            };
+            let view = input::view_rect(
+                self.mode.get(),
+                (width as f64, height as f64),
+                (frame.info.width, frame.info.height),
+            );
+            let scale = view.width / frame.info.width as f64;
+            snapshot.push_clip(&graphene::Rect::new(0.0, 0.0, width, height));
+            let stride = frame.info.stride as usize;
+            let mut rebuilt = 0;
+            for tile in frame.grid.all().collect::<Vec<_>>() {
+                let index = frame.grid.index(tile.column, tile.row);
+                if frame.dirty[index] || frame.textures[index].is_none() {
+                    let pixels = tile_bgr(frame.memory.bytes(), stride, &tile);
+                    let texture = gdk::MemoryTexture::new(
+                        tile.width as i32,
+                        tile.height as i32,
+                        gdk::MemoryFormat::B8g8r8,
+                        &glib::Bytes::from_owned(pixels),
+                        tile.width as usize * 3,
+                    );
+                    frame.textures[index] = Some(texture.upcast());
+                    frame.dirty[index] = false;
+                    rebuilt += 1;
+                }
+                let bounds = graphene::Rect::new(
+                    (view.x + tile.x as f64 * scale) as f32,
+                    (view.y + tile.y as f64 * scale) as f32,
+                    (tile.width as f64 * scale) as f32,
+                    (tile.height as f64 * scale) as f32,
+                );
+                snapshot.append_texture(frame.textures[index].as_ref().unwrap(), &bounds);
+            }
+            snapshot.pop();
+            self.tiles_rebuilt.set(self.tiles_rebuilt.get() + rebuilt);
+        }
+    }
+}
+
+glib::wrapper! {
+    pub struct DisplayWidget(ObjectSubclass<imp::DisplayWidget>)
+        @extends gtk::Widget,
+        @implements gtk::Accessible, gtk::Buildable, gtk::ConstraintTarget;
+}
+
+impl Default for DisplayWidget {
+    fn default() -> Self {
+        glib::Object::new()
+    }
+}
+
+impl DisplayWidget {
+    pub fn new() -> DisplayWidget {
+        DisplayWidget::default()
+    }
+
+    /// Starts showing the stream on `socket` (from hangard's `OpenDisplay`).
+    pub fn attach(&self, socket: OwnedFd) {
+        self.detach();
+        let raw = socket.as_raw_fd();
+        let weak = self.downgrade();
+        let watch = glib::unix_fd_add_local(
+            raw,
+            glib::IOCondition::IN | glib::IOCondition::HUP | glib::IOCondition::ERR,
+            move |_, _| match weak.upgrade() {
+                Some(widget) => widget.read_stream(),
+                None => glib::ControlFlow::Break,
+            },
+        );
+        *self.imp().socket.borrow_mut() = Some(socket);
+        *self.imp().watch.borrow_mut() = Some(watch);
+    }
+
+    pub fn detach(&self) {
+        if let Some(watch) = self.imp().watch.borrow_mut().take() {
+            watch.remove();
+        }
+        self.imp().socket.borrow_mut().take();
+        *self.imp().reader.borrow_mut() = LineReader::default();
+        self.set_grabbed(false);
+    }
+
+    pub fn is_attached(&self) -> bool {
+        self.imp().socket.borrow().is_some()
+    }
+
+    fn closed(&self, why: String) -> glib::ControlFlow {
+        // The source is removed by returning Break; forget its id first.
+        self.imp().watch.borrow_mut().take();
+        self.imp().socket.borrow_mut().take();
+        self.set_grabbed(false);
+        if let Some(callback) = self.imp().on_closed.borrow().as_ref() {
+            callback(why);
+        }
+        glib::ControlFlow::Break
+    }
+
+    fn read_stream(&self) -> glib::ControlFlow {
+        let Some(raw) = self.imp().socket.borrow().as_ref().map(AsRawFd::as_raw_fd) else {
+            return glib::ControlFlow::Break;
+        };
+        let open = self.imp().reader.borrow_mut().fill(raw);
+        loop {
+            let line = self.imp().reader.borrow_mut().next_line();
+            let Some(line) = line else { break };
+            if let Err(why) = self.handle(&line) {
+                return self.closed(why);
+            }
+        }
+        match open {
+            Ok(true) => glib::ControlFlow::Continue,
+            Ok(false) => self.closed(gettextrs::gettext("The display stream ended.")),
+            Err(err) => self.closed(err.to_string()),
+        }
+    }
+
+    fn handle(&self, line: &str) -> Result<(), String> {
+        let event = parse_event(line).map_err(|e| e.to_string())?;
+        let imp = self.imp();
+        match event {
+            DisplayEvent::Framebuffer(info) => {
+                let fd = imp
+                    .reader
+                    .borrow_mut()
+                    .take_fd()
+                    .ok_or_else(|| super::stream::StreamError::MissingFd.to_string())?;
+                let memory =
+                    SharedFramebuffer::map(&fd, info.size as usize).map_err(|e| e.to_string())?;
+                let grid = TileGrid::new(info.width, info.height);
+                *imp.frame.borrow_mut() = Some(imp::Frame {
+                    info,
+                    memory,
+                    grid,
+                    textures: vec![None; grid.len()],
+                    dirty: vec![true; grid.len()],
+                });
+                self.queue_resize();
+                if let Some(callback) = imp.on_frame.borrow().as_ref() {
+                    callback((info.width, info.height));
+                }
+            }
+            DisplayEvent::Damage(rects) => {
+                if let Some(frame) = imp.frame.borrow_mut().as_mut() {
+                    for rect in &rects {
+                        for tile in frame.grid.touched(rect) {
+                            let index = frame.grid.index(tile.column, tile.row);
+                            frame.dirty[index] = true;
+                        }
+                    }
+                }
+            }
+            DisplayEvent::Error(error) => {
+                // Our own bad line: worth a trace, not the end of the console.
+                eprintln!("hangar: the VM's display refused input: {error}");
+                return Ok(());
+            }
+            DisplayEvent::Resync => {
+                if let Some(frame) = imp.frame.borrow_mut().as_mut() {
+                    frame.dirty.iter_mut().for_each(|d| *d = true);
+                }
+            }
+        }
+        self.queue_draw();
+        Ok(())
+    }
+
+    fn send(&self, command: InputCommand) {
+        let Some(raw) = self.imp().socket.borrow().as_ref().map(AsRawFd::as_raw_fd) else {
+            return;
+        };
+        // A write error means the stream is gone; the reader notices and reports it.
+        let _ = write_all(raw, command.to_line().as_bytes());
+    }
+
+    /// Presses the keys together and releases them (the send-key menu).
+    pub fn send_keys(&self, keys: &[u32]) {
+        for (code, down) in input::combo_events(keys) {
+            self.send(InputCommand::Key { code, down });
+        }
+    }
+
+    pub fn set_scale_mode(&self, mode: ScaleMode) {
+        self.imp().mode.set(mode);
+        self.queue_draw();
+    }
+
+    pub fn frame_size(&self) -> Option<(u32, u32)> {
+        self.imp()
+            .frame
+            .borrow()
+            .as_ref()
+            .map(|f| (f.info.width, f.info.height))
+    }
+
+    /// Tiles turned into textures so far (a measure of how little damage costs).
+    pub fn tiles_rebuilt(&self) -> u64 {
+        self.imp().tiles_rebuilt.get()
+    }
+
+    /// The whole framebuffer as an opaque texture, for a screenshot.
+    pub fn screenshot(&self) -> Option<gdk::Texture> {
+        let frame = self.imp().frame.borrow();
+        let frame = frame.as_ref()?;
+        let whole = super::tiles::Tile {
+            column: 0,
+            row: 0,
+            x: 0,
+            y: 0,
+            width: frame.info.width,
+            height: frame.info.height,
+        };
+        let pixels = tile_bgr(frame.memory.bytes(), frame.info.stride as usize, &whole);
+        Some(
+            gdk::MemoryTexture::new(
+                frame.info.width as i32,
+                frame.info.height as i32,
+                gdk::MemoryFormat::B8g8r8,
+                &glib::Bytes::from_owned(pixels),
+                frame.info.width as usize * 3,
+            )
+            .upcast(),
+        )
+    }
+
+    pub fn connect_grab_changed(&self, callback: impl Fn(bool) + 'static) {
+        *self.imp().on_grab.borrow_mut() = Some(Box::new(callback));
+    }
+
+    pub fn connect_frame_changed(&self, callback: impl Fn((u32, u32)) + 'static) {
+        *self.imp().on_frame.borrow_mut() = Some(Box::new(callback));
+    }
+
+    pub fn connect_closed(&self, callback: impl Fn(String) + 'static) {
+        *self.imp().on_closed.borrow_mut() = Some(Box::new(callback));
+    }
+
+    pub fn is_grabbed(&self) -> bool {
+        self.imp().grabbed.get()
+    }
+
+    /// Grabbing sends every key to the guest, the desktop's shortcuts included.
+    pub fn set_grabbed(&self, grabbed: bool) {
+        if self.imp().grabbed.replace(grabbed) == grabbed {
+            return;
+        }
+        if let Some(toplevel) = self
+            .native()
+            .and_then(|n| n.surface())
+            .and_then(|s| s.downcast::<gdk::Toplevel>().ok())
+        {
+            if grabbed {
+                toplevel.inhibit_system_shortcuts(None::<&gdk::Event>);
+            } else {
+                toplevel.restore_system_shortcuts();
+            }
+        }
+        if let Some(callback) = self.imp().on_grab.borrow().as_ref() {
+            callback(grabbed);
+        }
+    }
+
+    fn tablet(&self, x: f64, y: f64) -> Option<(u32, u32)> {
+        let size = self.frame_size()?;
+        let view = input::view_rect(
+            self.imp().mode.get(),
+            (self.width() as f64, self.height() as f64),
+            size,
+        );
+        Some(input::tablet_position(&view, x, y))
+    }
+
+    fn install_input(&self) {
+        let keys = gtk::EventControllerKey::new();
+        let weak = self.downgrade();
+        keys.connect_key_pressed(move |_, _keyval, keycode, state| {
+            let Some(widget) = weak.upgrade() else {
+                return glib::Propagation::Proceed;
+            };
+            if !widget.is_grabbed() {
+                return glib::Propagation::Proceed;
+            }
+            let Some(code) = input::evdev_code(keycode) else {
+                return glib::Propagation::Stop;
+            };
+            let ctrl = state.contains(gdk::ModifierType::CONTROL_MASK);
+            let alt = state.contains(gdk::ModifierType::ALT_MASK);
+            if input::is_release_combo(ctrl, alt, code) {
+                // Let go of the modifiers the guest saw pressed.
+                widget.send(InputCommand::Key {
+                    code: input::KEY_LEFTCTRL,
+                    down: false,
+                });
+                widget.send(InputCommand::Key {
+                    code: input::KEY_LEFTALT,
+                    down: false,
+                });
+                widget.set_grabbed(false);
+                return glib::Propagation::Stop;
+            }
+            widget.send(InputCommand::Key { code, down: true });
+            glib::Propagation::Stop
+        });
+        let weak = self.downgrade();
+        keys.connect_key_released(move |_, _keyval, keycode, _state| {
+            if let Some(widget) = weak.upgrade() {
+                if widget.is_grabbed() {
+                    if let Some(code) = input::evdev_code(keycode) {
+                        widget.send(InputCommand::Key { code, down: false });
+                    }
+                }
+            }
+        });
+        self.add_controller(keys);
+
+        // Keys go where the focus is: a grab without the focus would be a lie.
+        let focus = gtk::EventControllerFocus::new();
+        let weak = self.downgrade();
+        focus.connect_leave(move |_| {
+            if let Some(widget) = weak.upgrade() {
+                widget.set_grabbed(false);
+            }
+        });
+        self.add_controller(focus);
+
+        let motion = gtk::EventControllerMotion::new();
+        let weak = self.downgrade();
+        motion.connect_motion(move |_, x, y| {
+            if let Some(widget) = weak.upgrade() {
+                if let Some((x, y)) = widget.tablet(x, y) {
+                    widget.send(InputCommand::Pointer { x, y });
+                }
+            }
+        });
+        self.add_controller(motion);
+
+        let click = gtk::GestureClick::new();
+        click.set_button(0);
+        let weak = self.downgrade();
+        click.connect_pressed(move |gesture, _, x, y| {
+            let Some(widget) = weak.upgrade() else { return };
+            widget.grab_focus();
+            if !widget.is_grabbed() && widget.frame_size().is_some() {
+                widget.set_grabbed(true);
+            }
+            if let (Some(button), Some((x, y))) =
+                (mouse_button(gesture.current_button()), widget.tablet(x, y))
+            {
+                widget.send(InputCommand::Pointer { x, y });
+                widget.send(InputCommand::Button { button, down: true });
+            }
+        });
+        let weak = self.downgrade();
+        click.connect_released(move |gesture, _, _, _| {
+            let Some(widget) = weak.upgrade() else { return };
+            if let Some(button) = mouse_button(gesture.current_button()) {
+                widget.send(InputCommand::Button {
+                    button,
+                    down: false,
+                });
+            }
+        });
+        self.add_controller(click);
+
+        let scroll = gtk::EventControllerScroll::new(
+            gtk::EventControllerScrollFlags::VERTICAL | gtk::EventControllerScrollFlags::DISCRETE,
+        );
+        let weak = self.downgrade();
+        scroll.connect_scroll(move |_, _dx, dy| {
+            if let Some(widget) = weak.upgrade() {
+                let delta = -dy.round() as i32;
+                if delta != 0 {
+                    widget.send(InputCommand::Wheel { delta });
+                }
+            }
+            glib::Propagation::Stop
+        });
+        self.add_controller(scroll);
+    }
+}
+
+fn mouse_button(button: u32) -> Option<MouseButton> {
+    match button {
+        gdk::BUTTON_PRIMARY => Some(MouseButton::Left),
+        gdk::BUTTON_MIDDLE => Some(MouseButton::Middle),
+        gdk::BUTTON_SECONDARY => Some(MouseButton::Right),
+        _ => None,
+    }
+}

@@ -1,0 +1,4 @@
+//! Custom widgets: the console display and the graphs.
+
+pub mod display;
+pub mod graph;

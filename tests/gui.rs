@@ -1,0 +1,88 @@
+//! The GUI end to end: the real `hangar` under Xvfb, driven through AT-SPI by
+//! tests/gui/manager.py, against a real hangard running real workers with tiny guests on
+//! /dev/kvm, all on a session bus of their own (`dbus-run-session`). The driver prints a line
+//! per check; this test fails when any check fails or a tool is missing.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// hangard and hangarctl are the engine's binaries, built beside ours by
+/// `cargo test --workspace` (scripts/test).
+fn engine_binary(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_BIN_EXE_hangar")).parent().unwrap();
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build the engine first (`cargo build -p hangar-engine --bins`, or run \
+         `cargo test --workspace` / scripts/test)",
+        path.display()
+    );
+    path
+}
+
+fn require(tool: &str, package: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "{tool} is missing: install {package} (scripts/install-deps)"
+    );
+}
+
+#[test]
+fn the_gui_manages_vms_under_xvfb_through_at_spi() {
+    require("Xvfb", "xvfb");
+    require("dbus-run-session", "dbus-bin");
+    require("xwd", "x11-apps");
+    require("xclip", "xclip");
+    require("xdotool", "xdotool");
+    assert!(
+        Path::new("/usr/libexec/at-spi-bus-launcher").exists(),
+        "AT-SPI is missing: install at-spi2-core (scripts/install-deps)"
+    );
+    let pyatspi = Command::new("/usr/bin/python3")
+        .args(["-c", "import pyatspi"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(pyatspi, "python3-pyatspi is missing (scripts/install-deps)");
+    assert!(
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .is_ok(),
+        "/dev/kvm is not usable: the GUI test boots tiny guests on KVM"
+    );
+
+    let tiny = Command::new(repo().join("tests/guests/tiny/build"))
+        .output()
+        .expect("run tests/guests/tiny/build");
+    assert!(
+        tiny.status.success(),
+        "building the tiny guests failed:\n{}",
+        String::from_utf8_lossy(&tiny.stderr)
+    );
+    let tiny_dir = String::from_utf8(tiny.stdout).unwrap().trim().to_string();
+
+    let status = Command::new("timeout")
+        .args(["600", "dbus-run-session", "--", "/usr/bin/python3"])
+        .arg(repo().join("tests/gui/manager.py"))
+        .env("HANGAR", env!("CARGO_BIN_EXE_hangar"))
+        .env("HANGARD", engine_binary("hangard"))
+        .env("HANGARCTL", engine_binary("hangarctl"))
+        .env("TINY_GUESTS", tiny_dir)
+        .env_remove("DISPLAY")
+        .env_remove("WAYLAND_DISPLAY")
+        .status()
+        .expect("run dbus-run-session");
+    assert!(
+        status.success(),
+        "the GUI checks failed (see the lines above)"
+    );
+}
