@@ -195,6 +195,7 @@ def full_screen(vmm, seconds):
             reader.start()
             t0, c0 = time.monotonic_ns(), thread_cpu_ns(proc.pid, proc.pid)
             full = 0
+            messages = 0
             s.settimeout(0.2)
             while time.monotonic() < stop:
                 try:
@@ -203,12 +204,14 @@ def full_screen(vmm, seconds):
                     continue
                 while b"\n" in pending:
                     line, pending = pending.split(b"\n", 1)
+                    messages += 1
                     rects = json.loads(line).get("rects", [])
                     if rects and rects[0]["y"] == 0 and rects[-1]["y"] + rects[-1]["height"] == 1080:
                         full += 1
             cpu = (thread_cpu_ns(proc.pid, proc.pid) - c0) / (time.monotonic_ns() - t0)
             reader.join()
             return {"guest_frames_per_s": round(len(frames) / seconds, 1),
+                    "damage_messages_per_s": round(messages / seconds, 1),
                     "full_screen_damage_per_s": round(full / seconds, 1),
                     "event_loop_cpu_percent": round(100 * cpu, 3)}
         finally:
@@ -221,11 +224,17 @@ def main():
     parser.add_argument("--vmm", default=f"{ROOT}/target/debug/hangar-vmm")
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--delay", type=int, default=2000)
+    parser.add_argument("--only", help="comma-separated: idle, stream, full")
     args = parser.parse_args()
     subprocess.run([f"{ROOT}/tests/guests/tiny/build"], check=True, stdout=subprocess.DEVNULL)
-    print(json.dumps({"idle": idle(args.vmm, args.seconds)}))
-    print(json.dumps({"stream": latency(args.vmm, args.seconds, args.delay)}))
-    print(json.dumps({"full": full_screen(args.vmm, args.seconds)}))
+    parts = args.only.split(",") if args.only else ["idle", "stream", "full"]
+    print(json.dumps({"load_average": os.getloadavg()[0]}))
+    if "idle" in parts:
+        print(json.dumps({"idle": idle(args.vmm, args.seconds)}))
+    if "stream" in parts:
+        print(json.dumps({"stream": latency(args.vmm, args.seconds, args.delay)}))
+    if "full" in parts:
+        print(json.dumps({"full": full_screen(args.vmm, args.seconds)}))
 
 
 if __name__ == "__main__":
