@@ -9,6 +9,9 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::disk::DiskSpec;
+use crate::net::NetSpec;
+
 /// Smallest guest RAM accepted: below this not even a tiny kernel fits.
 pub const MIN_MEMORY: u64 = 16 << 20;
 /// Largest guest RAM accepted.
@@ -260,6 +263,10 @@ pub struct VmSettings {
     pub display: Option<DisplaySetting>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub display_socket: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disks: Option<Vec<DiskSpec>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nics: Option<Vec<NetSpec>>,
 }
 
 impl VmSettings {
@@ -288,6 +295,8 @@ impl VmSettings {
             no_reboot: overrides.no_reboot.or(self.no_reboot),
             display: overrides.display.or(self.display),
             display_socket: overrides.display_socket.or(self.display_socket),
+            disks: overrides.disks.or(self.disks),
+            nics: overrides.nics.or(self.nics),
         }
     }
 
@@ -366,6 +375,8 @@ impl VmSettings {
             no_reboot: self.no_reboot.unwrap_or(false),
             display,
             display_socket: self.display_socket,
+            disks: self.disks.unwrap_or_default(),
+            nics: self.nics.unwrap_or_default(),
         })
     }
 }
@@ -387,6 +398,10 @@ pub struct VmConfig {
     pub display: Option<DisplaySize>,
     /// Where display clients connect.
     pub display_socket: Option<PathBuf>,
+    /// virtio-blk disks, in the order the guest sees them (vda, vdb, ...).
+    pub disks: Vec<DiskSpec>,
+    /// virtio-net NICs, in order (eth0, eth1, ...).
+    pub nics: Vec<NetSpec>,
 }
 
 /// Checks that `path` is a non-empty regular file this process can open; the reason says what

@@ -2,13 +2,16 @@
 //! speak.
 
 pub mod arch;
+pub mod attachments;
 pub mod config;
 pub mod control;
 pub mod devices;
+pub mod disk;
 pub mod display;
 pub mod host;
 pub mod machine;
 pub mod memory;
+pub mod net;
 pub mod protocol;
 pub mod vcpu;
 pub mod worker;

@@ -15,14 +15,23 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::arch::x86_64::boot::{self, EntryPoint, LinearFramebuffer, LoadedKernel};
 use crate::arch::x86_64::layout::*;
 use crate::arch::x86_64::{acpi, cpuid, msr, regs};
+use crate::attachments::Attachments;
 use crate::config::VmConfig;
 use crate::devices::i8042::I8042;
 use crate::devices::input::KeyboardRouter;
+use crate::devices::pci::msix::{MsiRouter, MsixError};
+use crate::devices::pci::{self, PciBarWindow, PciBus, PciEcam};
 use crate::devices::pm::{PowerManagement, ResetControl};
 use crate::devices::pvpanic::PvPanic;
 use crate::devices::rtc::Cmos;
 use crate::devices::serial::{Console, SerialPort};
-use crate::devices::{lock, InterruptLine, PioBus};
+use crate::devices::virtio::balloon::{Balloon, SharedBalloonStats};
+use crate::devices::virtio::block::Block;
+use crate::devices::virtio::net::Net;
+use crate::devices::virtio::pci::{VirtioPciDevice, BAR_SIZE};
+use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::VirtioDevice;
+use crate::devices::{lock, Buses, InterruptLine};
 use crate::display::Framebuffer;
 use crate::memory::{self, MemoryError};
 use crate::protocol::VcpuStats;
@@ -50,6 +59,10 @@ pub enum MachineError {
     EventFd(std::io::Error),
     #[error("cannot start a vCPU thread: {0}")]
     Thread(std::io::Error),
+    #[error("cannot set up the interrupts of a PCI device: {0}")]
+    Msix(#[from] MsixError),
+    #[error("no room for another PCI device (the bus or its memory window is full)")]
+    PciFull,
 }
 
 fn kvm_step<T>(
@@ -75,7 +88,8 @@ impl InterruptLine for KvmIrqLine {
 /// What [`Machine::build_on`] prepares besides guest RAM.
 struct MachineParts {
     vcpus: Vec<VcpuFd>,
-    bus: PioBus,
+    bus: Buses,
+    balloon_stats: SharedBalloonStats,
     serial: Arc<Mutex<SerialPort>>,
     pm: Arc<Mutex<PowerManagement>>,
     keyboards: KeyboardRouter,
@@ -125,15 +139,60 @@ fn register_memory(vm: &VmFd, memory: &GuestMemoryMmap) -> Result<(), MachineErr
     Ok(())
 }
 
+/// Builds PCI bus 0 with `devices` on the virtio-pci transport, and puts its configuration
+/// access and BAR window on the buses.
+fn add_pci(
+    bus: &mut Buses,
+    vm: &Arc<VmFd>,
+    memory: &GuestMemoryMmap,
+    devices: Vec<Box<dyn VirtioDevice>>,
+) -> Result<(), MachineError> {
+    let pci = Arc::new(Mutex::new(PciBus::new(
+        PCI_BAR_WINDOW_START,
+        PCI_BAR_WINDOW_END,
+    )));
+    let router = Arc::new(Mutex::new(MsiRouter::new(vm.clone())));
+    for device in devices {
+        let bar = lock(&pci)
+            .allocate_bar(BAR_SIZE)
+            .ok_or(MachineError::PciFull)?;
+        let transport =
+            VirtioPciDevice::new(device, vm.clone(), memory.clone(), router.clone(), bar)?;
+        lock(&pci)
+            .add(Arc::new(Mutex::new(transport)))
+            .ok_or(MachineError::PciFull)?;
+    }
+    let (address, data) = pci::config_ports(pci.clone());
+    bus.pio
+        .insert(PCI_CONFIG_ADDRESS_PORT, 1, Arc::new(Mutex::new(address)));
+    bus.pio
+        .insert(PCI_CONFIG_DATA_PORT, 4, Arc::new(Mutex::new(data)));
+    bus.mmio.insert(
+        PCI_ECAM_START,
+        PCI_ECAM_SIZE,
+        Arc::new(Mutex::new(PciEcam(pci.clone()))),
+    );
+    bus.mmio.insert(
+        PCI_BAR_WINDOW_START,
+        PCI_BAR_WINDOW_END - PCI_BAR_WINDOW_START,
+        Arc::new(Mutex::new(PciBarWindow {
+            bus: pci,
+            base: PCI_BAR_WINDOW_START,
+        })),
+    );
+    Ok(())
+}
+
 /// A built machine, before or after its vCPUs start.
 pub struct Machine {
     // Field order is drop order: vCPUs go first, then devices, the VM and memory.
     vcpus: Option<VcpuSet>,
     pending_vcpus: Vec<VcpuFd>,
-    bus: Arc<PioBus>,
+    bus: Arc<Buses>,
     serial: Arc<Mutex<SerialPort>>,
     pm: Arc<Mutex<PowerManagement>>,
     keyboards: KeyboardRouter,
+    balloon_stats: SharedBalloonStats,
     vm: Arc<VmFd>,
     memory: GuestMemoryMmap,
     framebuffer: Option<Arc<Framebuffer>>,
@@ -147,6 +206,7 @@ impl Machine {
         kvm: &Kvm,
         config: &VmConfig,
         console: Console,
+        attachments: &Attachments,
         framebuffer: Option<Arc<Framebuffer>>,
     ) -> Result<Machine, MachineError> {
         let vm = Arc::new(kvm_step("create a VM", kvm.create_vm())?);
@@ -166,7 +226,15 @@ impl Machine {
         // the irqchip, kernel loading and vCPU set-up.
         std::thread::scope(|scope| {
             let slots = scope.spawn(|| register_memory(&vm, &memory));
-            let built = Self::build_on(kvm, config, console, vm.clone(), &memory, announced);
+            let built = Self::build_on(
+                kvm,
+                config,
+                console,
+                attachments,
+                vm.clone(),
+                &memory,
+                announced,
+            );
             let slots = slots
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
@@ -179,6 +247,7 @@ impl Machine {
             serial: parts.serial,
             pm: parts.pm,
             keyboards: parts.keyboards,
+            balloon_stats: parts.balloon_stats,
             vm,
             memory,
             framebuffer,
@@ -190,6 +259,7 @@ impl Machine {
         kvm: &Kvm,
         config: &VmConfig,
         console: Console,
+        attachments: &Attachments,
         vm: Arc<VmFd>,
         memory: &GuestMemoryMmap,
         framebuffer: Option<LinearFramebuffer>,
@@ -241,17 +311,37 @@ impl Machine {
         // A virtio-input keyboard, once there is one, goes in front of the i8042.
         let mut keyboards = KeyboardRouter::default();
         keyboards.add(i8042.clone());
-        let mut bus = PioBus::default();
-        bus.insert(COM1_PORT, 8, serial.clone());
-        bus.insert(
+        let mut bus = Buses::default();
+        let balloon_stats = SharedBalloonStats::default();
+        let mut virtio: Vec<Box<dyn VirtioDevice>> =
+            vec![Box::new(Rng), Box::new(Balloon::new(balloon_stats.clone()))];
+        for attached in &attachments.disks {
+            virtio.push(Box::new(Block::new(
+                attached.disk.clone(),
+                attached.counters.clone(),
+            )));
+        }
+        for nic in &attachments.nics {
+            virtio.push(Box::new(Net::new(
+                nic.backend.clone(),
+                nic.counters.clone(),
+                nic.mac,
+            )));
+        }
+        add_pci(&mut bus, &vm, memory, virtio)?;
+        bus.pio.insert(COM1_PORT, 8, serial.clone());
+        bus.pio.insert(
             I8042_DATA_PORT,
             I8042_COMMAND_PORT - I8042_DATA_PORT + 1,
             i8042,
         );
-        bus.insert(CMOS_PORT, 2, Arc::new(Mutex::new(Cmos::default())));
-        bus.insert(PM1A_EVT_PORT, 6, pm.clone());
-        bus.insert(RESET_PORT, 1, Arc::new(Mutex::new(ResetControl::default())));
-        bus.insert(PVPANIC_PORT, 1, Arc::new(Mutex::new(PvPanic)));
+        bus.pio
+            .insert(CMOS_PORT, 2, Arc::new(Mutex::new(Cmos::default())));
+        bus.pio.insert(PM1A_EVT_PORT, 6, pm.clone());
+        bus.pio
+            .insert(RESET_PORT, 1, Arc::new(Mutex::new(ResetControl::default())));
+        bus.pio
+            .insert(PVPANIC_PORT, 1, Arc::new(Mutex::new(PvPanic)));
 
         let supported = kvm_step(
             "report its CPUID",
@@ -271,6 +361,7 @@ impl Machine {
         Ok(MachineParts {
             vcpus: pending_vcpus,
             bus,
+            balloon_stats,
             serial,
             pm,
             keyboards,
@@ -339,6 +430,11 @@ impl Machine {
 
     pub fn vcpu_stats(&self) -> Vec<VcpuStats> {
         self.vcpus.as_ref().map(VcpuSet::stats).unwrap_or_default()
+    }
+
+    /// What the guest last reported about its memory, once its balloon driver runs.
+    pub fn balloon_stats(&self) -> Option<crate::protocol::BalloonStats> {
+        lock(&self.balloon_stats).clone()
     }
 
     pub fn memory_bytes(&self) -> u64 {

@@ -242,6 +242,51 @@ pub struct Stats {
     pub state: RunState,
     pub memory_bytes: u64,
     pub vcpus: Vec<VcpuStats>,
+    /// One entry per disk, in `--disk` order.
+    #[serde(default)]
+    pub disks: Vec<DiskStats>,
+    /// One entry per NIC, in `--net` order.
+    #[serde(default)]
+    pub nets: Vec<NetStats>,
+    /// What the guest last reported through virtio-balloon; absent until its driver runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balloon: Option<BalloonStats>,
+}
+
+/// Guest memory as the guest sees it, from the balloon's statistics queue.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BalloonStats {
+    pub total_bytes: u64,
+    pub free_bytes: u64,
+    pub available_bytes: u64,
+    pub cached_bytes: u64,
+    /// When the guest sent these figures (Unix time in milliseconds).
+    pub updated_unix_ms: u64,
+}
+
+/// Counters of one virtio-net NIC since the worker started.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetStats {
+    pub rx_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_bytes: u64,
+    pub tx_packets: u64,
+    /// Frames dropped: no or too small a guest buffer (rx), a stalled back-end (tx).
+    pub rx_dropped: u64,
+    pub tx_dropped: u64,
+}
+
+/// Counters of one virtio-blk disk since the worker started.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskStats {
+    pub path: std::path::PathBuf,
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+    pub read_requests: u64,
+    pub write_requests: u64,
+    pub flushes: u64,
+    /// Requests that failed on the host (I/O errors).
+    pub errors: u64,
 }
 
 /// Version of the display stream protocol, sent in the `framebuffer` event.

@@ -1,4 +1,4 @@
-//! vCPU threads: each runs `KVM_RUN` in a loop, hands port I/O to the bus, and reports what the
+//! vCPU threads: each runs `KVM_RUN` in a loop, hands port I/O and MMIO to the buses, and reports what the
 //! machine must act on. A shared [`RunControl`] pauses, resumes and stops them.
 
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::devices::{lock, MachineRequest, PioBus};
+use crate::devices::{lock, Buses, MachineRequest};
 use crate::protocol::{ExitCounts, VcpuStats};
 
 /// Signal used to kick a vCPU thread out of `KVM_RUN`.
@@ -187,7 +187,7 @@ impl VcpuThread {
     pub fn spawn(
         id: u8,
         vcpu: VcpuFd,
-        bus: Arc<PioBus>,
+        bus: Arc<Buses>,
         run: Arc<RunControl>,
         events: EventSender,
     ) -> std::io::Result<VcpuThread> {
@@ -283,7 +283,7 @@ impl VcpuSet {
 fn run_loop(
     id: u8,
     mut vcpu: VcpuFd,
-    bus: &PioBus,
+    bus: &Buses,
     run: &RunControl,
     counters: &VcpuCounters,
     events: &EventSender,
@@ -304,22 +304,23 @@ fn run_loop(
         match vcpu.run() {
             Ok(VcpuExit::IoIn(port, data)) => {
                 counters.io.fetch_add(1, Ordering::Relaxed);
-                bus.read(port, data);
+                bus.pio.read(port, data);
             }
             Ok(VcpuExit::IoOut(port, data)) => {
                 counters.io.fetch_add(1, Ordering::Relaxed);
-                if let Some(request) = bus.write(port, data) {
+                if let Some(request) = bus.pio.write(port, data) {
                     events.send(VcpuEvent::Request { vcpu: id, request });
                     run.park_until_stop();
                     return;
                 }
             }
-            Ok(VcpuExit::MmioRead(_, data)) => {
+            Ok(VcpuExit::MmioRead(address, data)) => {
                 counters.mmio.fetch_add(1, Ordering::Relaxed);
-                data.fill(0xff);
+                bus.mmio.read(address, data);
             }
-            Ok(VcpuExit::MmioWrite(..)) => {
+            Ok(VcpuExit::MmioWrite(address, data)) => {
                 counters.mmio.fetch_add(1, Ordering::Relaxed);
+                bus.mmio.write(address, data);
             }
             Ok(VcpuExit::Hlt) => {
                 counters.hlt.fetch_add(1, Ordering::Relaxed);

@@ -15,6 +15,7 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::terminal::Terminal;
 use vmm_sys_util::timerfd::TimerFd;
 
+use crate::attachments::Attachments;
 use crate::config::{SerialMode, VmConfig};
 use crate::control::{ControlClient, Line};
 use crate::devices::serial::{Console, ConsoleClients};
@@ -37,6 +38,8 @@ pub const EXIT_GUEST_CRASHED: i32 = 3;
 pub enum WorkerError {
     #[error(transparent)]
     Machine(#[from] MachineError),
+    #[error(transparent)]
+    Attach(#[from] crate::attachments::AttachError),
     #[error("cannot listen on {path}: {source}")]
     Listen { path: PathBuf, source: io::Error },
     #[error("{0} is in use by another running worker; pick another path or stop that worker")]
@@ -149,7 +152,9 @@ enum Flow {
 pub struct Worker {
     config: VmConfig,
     kvm: Kvm,
+    // Declared before the attachments, so the devices using them stop first.
     machine: Machine,
+    attachments: Attachments,
     state: RunState,
     /// Why the guest crashed, kept for `status` and for clients that connect later.
     crash: Option<Crash>,
@@ -232,12 +237,20 @@ impl Worker {
         };
         let damage_timer = TimerFd::new().map_err(|err| io_err(err.into()))?;
 
-        let machine = Machine::build(&kvm, &config, console.clone(), framebuffer.clone())?;
+        let attachments = Attachments::open(&config)?;
+        let machine = Machine::build(
+            &kvm,
+            &config,
+            console.clone(),
+            &attachments,
+            framebuffer.clone(),
+        )?;
         let worker = Worker {
             stdin_open: config.serial == SerialMode::Stdio,
             config,
             kvm,
             machine,
+            attachments,
             state: RunState::Running,
             crash: None,
             console,
@@ -427,6 +440,7 @@ impl Worker {
             &self.kvm,
             &self.config,
             self.console.clone(),
+            &self.attachments,
             self.framebuffer.clone(),
         )?;
         self.crash = None;
@@ -550,6 +564,9 @@ impl Worker {
                     state: self.state,
                     memory_bytes: self.machine.memory_bytes(),
                     vcpus: self.machine.vcpu_stats(),
+                    disks: self.attachments.disk_stats(),
+                    nets: self.attachments.net_stats(),
+                    balloon: self.machine.balloon_stats(),
                 },
             ),
             Command::Pause => match self.state {

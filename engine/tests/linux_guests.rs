@@ -1,4 +1,5 @@
-//! Stock Debian kernels (cloud-amd64 and amd64) with a busybox initramfs, 2 vCPUs, 256 MiB;
+//! Stock Debian kernels (cloud-amd64 and amd64) with a busybox initramfs, 2 vCPUs, 256 MiB:
+//! boot, SMP, clock, power-off, reboot, panic, the virtio-pci devices (rng, disks, network),
 //! and both kernels' framebuffer console on the display, with keys typed through the i8042.
 //!
 //! With hardware virtualization (VT-x/AMD-V) the worker runs directly on /dev/kvm. On a kvm_pvm
@@ -129,6 +130,261 @@ fn kernel_panic_is_reported(cache: &std::path::Path) {
     println!("== panic: reported through pvpanic, VM kept in state crashed: ok");
 }
 
+/// Runs a host tool (qemu-img) and returns its output; panics with its stderr on failure.
+fn run_tool(program: &str, args: &[&str]) -> String {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|err| panic!("run {program}: {err}"));
+    assert!(
+        output.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// 8 MiB of zeros with `marker` at the start.
+fn image_with_marker(marker: &str) -> Vec<u8> {
+    let mut bytes = vec![0u8; 8 << 20];
+    bytes[..marker.len()].copy_from_slice(marker.as_bytes());
+    bytes
+}
+
+/// The bytes at sector 8 of a disk image, as a raw view (qcow2 images are converted first).
+fn sector_8(image: &std::path::Path, dir: &TempDir) -> String {
+    let raw = dir.path("view.raw");
+    let image_arg = image.display().to_string();
+    let raw_arg = raw.display().to_string();
+    run_tool("qemu-img", &["convert", "-O", "raw", &image_arg, &raw_arg]);
+    let bytes = std::fs::read(&raw).unwrap();
+    String::from_utf8_lossy(&bytes[4096..4096 + 32])
+        .trim_end_matches('\0')
+        .to_string()
+}
+
+/// A raw disk, a qcow2 overlay over a qcow2 base, and that base again read-only. Returns the
+/// --disk arguments.
+fn make_disks(dir: &TempDir) -> Vec<String> {
+    let raw = dir.path("raw.img");
+    std::fs::write(&raw, image_with_marker("HANGAR-RAW-MARKER")).unwrap();
+    let base_raw = dir.path("base.raw");
+    std::fs::write(&base_raw, image_with_marker("HANGAR-QCOW2-MARKER")).unwrap();
+    let base = dir.path("base.qcow2");
+    let overlay = dir.path("overlay.qcow2");
+    let (base_raw, base, overlay_arg) = (
+        base_raw.display().to_string(),
+        base.display().to_string(),
+        overlay.display().to_string(),
+    );
+    run_tool("qemu-img", &["convert", "-O", "qcow2", &base_raw, &base]);
+    run_tool(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            &base,
+            "-F",
+            "qcow2",
+            &overlay_arg,
+        ],
+    );
+    vec![
+        format!("path={},serial=rawdisk", raw.display()),
+        format!("path={overlay_arg},format=qcow2"),
+        format!("path={base},readonly=on"),
+    ]
+}
+
+/// The guest reads a marker from a raw disk, a qcow2 overlay and a read-only qcow2, writes its
+/// own marker to each writable disk and powers off; the host finds the markers, `qemu-img
+/// check` is clean and the read-only base is untouched.
+fn disks_keep_the_guests_writes(cache: &std::path::Path) {
+    println!("== disks: raw, qcow2 overlay, read-only qcow2 base");
+    let dir = TempDir::new("disks");
+    let disks = make_disks(&dir);
+    let mut args = vec!["--cpus", "2"];
+    for disk in &disks {
+        args.extend(["--disk", disk.as_str()]);
+    }
+    let mut vmm = start_linux(cache, "cloud-amd64", "disks", &args);
+    let vda = vmm.expect("HANGAR-DISK vda", BOOT);
+    assert!(
+        vda.contains("ro=0")
+            && vda.contains("serial=rawdisk")
+            && vda.contains("head=HANGAR-RAW-MARKER"),
+        "{vda}"
+    );
+    let vdb = vmm.expect("HANGAR-DISK vdb", BOOT);
+    assert!(
+        vdb.contains("ro=0") && vdb.contains("head=HANGAR-QCOW2-MARKER"),
+        "{vdb}"
+    );
+    let vdc = vmm.expect("HANGAR-DISK vdc", BOOT);
+    assert!(
+        vdc.contains("ro=1") && vdc.contains("head=HANGAR-QCOW2-MARKER"),
+        "{vdc}"
+    );
+    vmm.expect("HANGAR-DISKS-DONE", BOOT);
+    assert!(vmm.wait(BOOT).success());
+
+    assert_eq!(
+        sector_8(&dir.path("raw.img"), &dir),
+        "HANGAR-GUEST-WROTE-vda"
+    );
+    let overlay = dir.path("overlay.qcow2");
+    run_tool("qemu-img", &["check", &overlay.display().to_string()]);
+    assert_eq!(sector_8(&overlay, &dir), "HANGAR-GUEST-WROTE-vdb");
+    assert_eq!(
+        sector_8(&dir.path("base.qcow2"), &dir),
+        "",
+        "the read-only base changed"
+    );
+    println!("== disks: markers read and written, qemu-img check clean, base untouched: ok");
+}
+
+/// Data the guest flushed survives `kill -9` of the worker right after the flush.
+fn synced_writes_survive_a_killed_worker(cache: &std::path::Path) {
+    println!("== disks: kill -9 of the worker right after the guest's fsync");
+    let dir = TempDir::new("kill");
+    let disks = make_disks(&dir);
+    let mut vmm = start_linux(
+        cache,
+        "cloud-amd64",
+        "disks hangar.hold",
+        &["--disk", &disks[0], "--disk", &disks[1]],
+    );
+    let mut control = vmm.control();
+    vmm.expect("HANGAR-SYNCED vdb", BOOT);
+    let stats = control.ok("stats");
+    let disk_stats = stats["disks"].as_array().expect("disks in stats");
+    assert_eq!(disk_stats.len(), 2, "{stats}");
+    for disk in disk_stats {
+        assert!(disk["read_bytes"].as_u64().unwrap() > 0, "{disk}");
+        assert!(disk["write_bytes"].as_u64().unwrap() > 0, "{disk}");
+        assert!(disk["flushes"].as_u64().unwrap() > 0, "{disk}");
+    }
+    vmm.child.kill().unwrap();
+    let _ = vmm.wait(BOOT);
+    assert_eq!(
+        sector_8(&dir.path("raw.img"), &dir),
+        "HANGAR-GUEST-WROTE-vda"
+    );
+    let overlay = dir.path("overlay.qcow2");
+    run_tool("qemu-img", &["check", &overlay.display().to_string()]);
+    assert_eq!(sector_8(&overlay, &dir), "HANGAR-GUEST-WROTE-vdb");
+    println!("== disks: flushed data intact after kill -9, qemu-img check clean: ok");
+}
+
+/// A one-file HTTP server on the host's loopback, for the guest to fetch through passt.
+fn serve_http_once(body: &'static str) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut request = [0u8; 1024];
+            let _ = std::io::Read::read(&mut stream, &mut request);
+            let response = format!(
+                "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = std::io::Write::write_all(&mut stream, response.as_bytes());
+        }
+    });
+    port
+}
+
+/// GETs / from 127.0.0.1:`port`, retrying while the forward is not up yet.
+fn http_get(port: u16) -> String {
+    use std::io::{Read, Write};
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let attempt = std::net::TcpStream::connect(("127.0.0.1", port)).and_then(|mut stream| {
+            stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+            stream.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+            let mut response = String::new();
+            stream.read_to_string(&mut response)?;
+            Ok(response)
+        });
+        match attempt {
+            Ok(response) if !response.is_empty() => return response,
+            _ if std::time::Instant::now() > deadline => panic!("no answer on port {port}"),
+            _ => std::thread::sleep(Duration::from_millis(500)),
+        }
+    }
+}
+
+/// User-mode networking through passt: DHCP, a fetch from a server on the host's loopback,
+/// and a host port forwarded to a server in the guest.
+fn network_reaches_the_host_and_back(cache: &std::path::Path) {
+    println!("== network: passt user-mode networking");
+    let http = serve_http_once("HANGAR-HOST-FILE");
+    let forward = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let test = format!("net hangar.http={http}");
+    let net = format!("user,hostfwd=tcp:127.0.0.1:{forward}-:8080");
+    let mut vmm = start_linux(cache, "cloud-amd64", &test, &["--net", &net]);
+    let mut control = vmm.control();
+    let address = vmm.expect("HANGAR-NET-ADDR", BOOT);
+    assert!(
+        address.contains("/") && address.contains("mtu=65520"),
+        "{address}"
+    );
+    let fetched = vmm.expect("HANGAR-HTTP", BOOT);
+    assert_eq!(fetched.trim(), "HANGAR-HTTP HANGAR-HOST-FILE");
+    vmm.expect("HANGAR-HTTPD-UP", BOOT);
+    let response = http_get(forward);
+    assert!(response.contains("HANGAR-GUEST-HTTP"), "{response}");
+    let stats = control.ok("stats");
+    let nic = &stats["nets"][0];
+    assert!(nic["rx_packets"].as_u64().unwrap() > 0, "{stats}");
+    assert!(nic["tx_packets"].as_u64().unwrap() > 0, "{stats}");
+    // virtio-balloon's statistics: the guest's own view of its 256 MiB.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let balloon = loop {
+        let stats = control.ok("stats");
+        if stats["balloon"]["free_bytes"].as_u64().unwrap_or(0) > 0 {
+            break stats["balloon"].clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no balloon statistics: {stats}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let total = balloon["total_bytes"].as_u64().unwrap();
+    assert!(total > 128 << 20 && total <= 256 << 20, "{balloon}");
+    assert!(
+        balloon["available_bytes"].as_u64().unwrap() <= total,
+        "{balloon}"
+    );
+    control.ok("powerdown");
+    vmm.expect("HANGAR-POWER-BUTTON", BOOT);
+    assert!(vmm.wait(BOOT).success());
+    println!("== network: DHCP, host loopback over HTTP, port forward into the guest: ok");
+    println!("== balloon: guest memory statistics in stats: ok");
+}
+
+/// virtio-rng feeds the guest's hw_random.
+fn rng_feeds_the_guest(cache: &std::path::Path) {
+    println!("== virtio-rng");
+    let mut vmm = start_linux(cache, "cloud-amd64", "virtio", &[]);
+    let pci = vmm.expect("HANGAR-PCI 0000:00:01.0", BOOT);
+    assert!(pci.contains("0x1af4:0x1044 driver=virtio-pci"), "{pci}");
+    let rng = vmm.expect("HANGAR-HWRNG", BOOT);
+    let words: Vec<&str> = rng.split_whitespace().collect();
+    assert_eq!(words.get(1), Some(&"virtio_rng.0"), "{rng}");
+    let hex = words.get(2).copied().unwrap_or("");
+    assert!(hex.len() == 32 && hex != "0".repeat(32), "{rng}");
+    assert!(vmm.wait(BOOT).success());
+    println!("== virtio-rng: the guest reads entropy from it: ok");
+}
+
 /// Runs a check; inside the nested lab, up to three times. L2 guests there sometimes stall or
 /// reset in early boot under the emulated SVM (QEMU's guests too, see BENCHMARKS.md), and the
 /// cause is not known yet; a fault that always happens still fails. Each retry is printed.
@@ -256,6 +512,14 @@ fn debian_kernels_boot_with_two_vcpus_and_power_off() {
                 }
                 once_more_if_the_lab_stalls("reboot", || reboot_exits_with_no_reboot(&cache));
                 once_more_if_the_lab_stalls("panic", || kernel_panic_is_reported(&cache));
+                once_more_if_the_lab_stalls("rng", || rng_feeds_the_guest(&cache));
+                once_more_if_the_lab_stalls("disks", || disks_keep_the_guests_writes(&cache));
+                once_more_if_the_lab_stalls("kill", || {
+                    synced_writes_survive_a_killed_worker(&cache)
+                });
+                once_more_if_the_lab_stalls("network", || {
+                    network_reaches_the_host_and_back(&cache)
+                });
             }
             if only != "boot" {
                 for flavor in KERNELS {

@@ -1,7 +1,8 @@
 //! `hangar-vmm`: runs one virtual machine.
 //!
 //! ```text
-//! hangar-vmm --kernel vmlinuz --initrd initrd.img --memory 256M --cpus 2 --serial stdio
+//! hangar-vmm --kernel vmlinuz --initrd initrd.img --memory 256M --cpus 2 --serial stdio \\
+//!     --disk path=disk.qcow2
 //! ```
 
 use std::path::PathBuf;
@@ -9,6 +10,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use hangar_engine::config::{ByteSize, DisplaySetting, SerialMode, VmSettings};
+use hangar_engine::disk::DiskSpec;
+use hangar_engine::net::NetSpec;
 use hangar_engine::worker::Worker;
 
 /// Run one virtual machine on KVM. On a terminal, press Ctrl-A x to quit.
@@ -46,6 +49,14 @@ struct Args {
     /// Listen for display clients (framebuffer memfd, damage, input) on this Unix socket.
     #[arg(long)]
     display_socket: Option<PathBuf>,
+    /// A virtio-blk disk: path=FILE[,format=raw|qcow2][,readonly=on][,serial=S]. Repeat for
+    /// more disks; the guest sees them as vda, vdb, ... in this order.
+    #[arg(long = "disk", value_parser = parse_disk)]
+    disks: Vec<DiskSpec>,
+    /// A virtio-net NIC: user[,hostfwd=tcp:127.0.0.1:HOSTPORT-:GUESTPORT]... (passt, no root),
+    /// unix:PATH (a passt already listening there) or tap=NAME; each may add ,mac=XX:..:XX.
+    #[arg(long = "net", value_parser = parse_net)]
+    nics: Vec<NetSpec>,
     /// Read settings from this JSON file; flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -65,6 +76,14 @@ fn parse_display(text: &str) -> Result<DisplaySetting, String> {
         .map_err(|err: hangar_engine::config::ConfigError| err.to_string())
 }
 
+fn parse_disk(text: &str) -> Result<DiskSpec, String> {
+    text.parse()
+}
+
+fn parse_net(text: &str) -> Result<NetSpec, String> {
+    text.parse()
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let flags = VmSettings {
@@ -78,6 +97,8 @@ fn main() -> ExitCode {
         no_reboot: args.no_reboot.then_some(true),
         display: args.display,
         display_socket: args.display_socket,
+        disks: (!args.disks.is_empty()).then_some(args.disks),
+        nics: (!args.nics.is_empty()).then_some(args.nics),
     };
     let result = match &args.config {
         Some(path) => VmSettings::from_file(path).map(|file| file.merge(flags)),

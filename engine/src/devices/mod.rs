@@ -1,12 +1,14 @@
-//! Device models and the port-I/O bus that dispatches vCPU exits to them.
+//! Device models, and the port-I/O and MMIO buses that dispatch vCPU exits to them.
 
 pub mod i8042;
 pub mod input;
+pub mod pci;
 pub mod pm;
 pub mod pvpanic;
 pub mod rtc;
 pub mod scancode;
 pub mod serial;
+pub mod virtio;
 
 use std::sync::{Arc, Mutex};
 
@@ -32,17 +34,50 @@ pub trait InterruptLine: Send + Sync {
     fn set_level(&self, high: bool);
 }
 
-struct PioRange {
-    base: u16,
-    len: u16,
-    device: Arc<Mutex<dyn PioDevice>>,
+/// A device on the MMIO bus. Offsets are relative to the start of its range.
+pub trait MmioDevice: Send {
+    fn read(&mut self, offset: u64, data: &mut [u8]);
+    fn write(&mut self, offset: u64, data: &[u8]);
+}
+
+/// Non-overlapping address ranges, each owned by one device.
+struct RangeMap<D: ?Sized> {
+    ranges: Vec<(u64, u64, Arc<Mutex<D>>)>,
+}
+
+impl<D: ?Sized> Default for RangeMap<D> {
+    fn default() -> Self {
+        RangeMap { ranges: Vec::new() }
+    }
+}
+
+impl<D: ?Sized> RangeMap<D> {
+    /// # Panics
+    /// If the range overlaps one already claimed: that is a bug in how the machine is built.
+    fn insert(&mut self, base: u64, len: u64, device: Arc<Mutex<D>>) {
+        let end = base + len;
+        assert!(
+            self.ranges
+                .iter()
+                .all(|&(b, l, _)| end <= b || base >= b + l),
+            "address range {base:#x}+{len:#x} overlaps another device"
+        );
+        self.ranges.push((base, len, device));
+    }
+
+    fn find(&self, address: u64) -> Option<(&Mutex<D>, u64)> {
+        self.ranges
+            .iter()
+            .find(|&&(base, len, _)| address >= base && address - base < len)
+            .map(|(base, _, device)| (&**device, address - base))
+    }
 }
 
 /// The port-I/O bus. Ports that no device claims read as all ones and ignore writes, as on real
 /// hardware with nothing behind them.
 #[derive(Default)]
 pub struct PioBus {
-    ranges: Vec<PioRange>,
+    ranges: RangeMap<dyn PioDevice>,
 }
 
 impl PioBus {
@@ -51,28 +86,14 @@ impl PioBus {
     /// # Panics
     /// If the range overlaps one already claimed: that is a bug in how the machine is built.
     pub fn insert(&mut self, base: u16, len: u16, device: Arc<Mutex<dyn PioDevice>>) {
-        let end = u32::from(base) + u32::from(len);
-        assert!(
-            self.ranges.iter().all(|r| {
-                end <= u32::from(r.base) || u32::from(base) >= u32::from(r.base) + u32::from(r.len)
-            }),
-            "port range {base:#x}+{len} overlaps another device"
-        );
-        self.ranges.push(PioRange { base, len, device });
-    }
-
-    fn find(&self, port: u16) -> Option<(&PioRange, u16)> {
-        self.ranges
-            .iter()
-            .find(|r| port >= r.base && u32::from(port) < u32::from(r.base) + u32::from(r.len))
-            .map(|r| (r, port - r.base))
+        self.ranges.insert(base.into(), len.into(), device);
     }
 
     /// Handles an `in`. Returns false if no device claims the port.
     pub fn read(&self, port: u16, data: &mut [u8]) -> bool {
-        match self.find(port) {
-            Some((range, offset)) => {
-                lock(&range.device).read(offset, data);
+        match self.ranges.find(port.into()) {
+            Some((device, offset)) => {
+                lock(device).read(offset as u16, data);
                 true
             }
             None => {
@@ -84,9 +105,46 @@ impl PioBus {
 
     /// Handles an `out`.
     pub fn write(&self, port: u16, data: &[u8]) -> Option<MachineRequest> {
-        let (range, offset) = self.find(port)?;
-        lock(&range.device).write(offset, data)
+        let (device, offset) = self.ranges.find(port.into())?;
+        lock(device).write(offset as u16, data)
     }
+}
+
+/// The MMIO bus, for exits on guest-physical addresses that are not RAM. Unclaimed addresses
+/// read as all ones and ignore writes.
+#[derive(Default)]
+pub struct MmioBus {
+    ranges: RangeMap<dyn MmioDevice>,
+}
+
+impl MmioBus {
+    /// Claims `len` bytes from `base` for `device`.
+    ///
+    /// # Panics
+    /// If the range overlaps one already claimed.
+    pub fn insert(&mut self, base: u64, len: u64, device: Arc<Mutex<dyn MmioDevice>>) {
+        self.ranges.insert(base, len, device);
+    }
+
+    pub fn read(&self, address: u64, data: &mut [u8]) {
+        match self.ranges.find(address) {
+            Some((device, offset)) => lock(device).read(offset, data),
+            None => data.fill(0xff),
+        }
+    }
+
+    pub fn write(&self, address: u64, data: &[u8]) {
+        if let Some((device, offset)) = self.ranges.find(address) {
+            lock(device).write(offset, data);
+        }
+    }
+}
+
+/// Both buses, as a vCPU thread sees them.
+#[derive(Default)]
+pub struct Buses {
+    pub pio: PioBus,
+    pub mmio: MmioBus,
 }
 
 /// Locks a device, carrying on if a previous holder panicked: device state stays usable, and a

@@ -13,6 +13,7 @@ use std::process::{Command, Stdio};
 
 use crate::host::definition::{NicDefinition, NicMode, Protocol, VmDefinition};
 use crate::host::supervisor::RuntimeDir;
+use crate::net::{self, HostForward};
 
 /// Errors of per-VM networking.
 #[derive(Debug, thiserror::Error)]
@@ -45,34 +46,20 @@ pub fn passt_args(
     pid_file: &Path,
     runas: (u32, u32),
 ) -> Vec<OsString> {
-    let mut args: Vec<OsString> = vec![
-        "--quiet".into(),
-        "--one-off".into(),
-        "--runas".into(),
-        format!("{}:{}", runas.0, runas.1).into(),
-        "--socket".into(),
-        socket.into(),
-        "--pid".into(),
-        pid_file.into(),
-    ];
-    for (flag, protocol) in [
-        ("--tcp-ports", Protocol::Tcp),
-        ("--udp-ports", Protocol::Udp),
-    ] {
-        let ports: Vec<String> = nic
-            .forwards
-            .iter()
-            .filter(|f| f.protocol == protocol)
-            .map(|f| format!("{}:{}", f.host, f.guest))
-            .collect();
-        args.push(flag.into());
-        args.push(if ports.is_empty() {
-            "none".into()
-        } else {
-            ports.join(",").into()
-        });
-    }
-    args
+    let forwards: Vec<HostForward> = nic
+        .forwards
+        .iter()
+        .map(|f| HostForward {
+            protocol: match f.protocol {
+                Protocol::Tcp => net::Protocol::Tcp,
+                Protocol::Udp => net::Protocol::Udp,
+            },
+            address: None,
+            host: f.host,
+            guest: f.guest,
+        })
+        .collect();
+    net::passt_args(socket, pid_file, runas, &forwards)
 }
 
 /// Starts a passt for every user-mode NIC. On failure the ones already started are stopped.

@@ -359,3 +359,13 @@ pub fn read_until(stream: &mut UnixStream, needle: &str, timeout: Duration) -> S
     );
     text
 }
+
+/// Runs the worker with `args`, expecting it to refuse them: exit code 1, no panic. Returns
+/// its stderr.
+pub fn run_expecting_error(args: &[&str]) -> String {
+    let output = Command::new(vmm_binary()).args(args).output().unwrap();
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}

@@ -1,4 +1,4 @@
-//! ACPI tables: RSDP, XSDT, FADT, FACS, DSDT and MADT, laid out in the BIOS area at
+//! ACPI tables: RSDP, XSDT, FADT, FACS, DSDT, MADT and MCFG, laid out in the BIOS area at
 //! [`ACPI_START`].
 //!
 //! The machine uses ACPI fixed hardware (not the hardware-reduced profile): a PM1a event block
@@ -9,6 +9,7 @@ use acpi_tables::aml;
 use acpi_tables::facs::FACS;
 use acpi_tables::fadt::{FADTBuilder, Flags, PmProfile};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
+use acpi_tables::mcfg::MCFG;
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
@@ -123,9 +124,49 @@ fn pvpanic_device() -> Vec<u8> {
     ))
 }
 
-/// The DSDT: the ISA devices by PNP id, pvpanic, and the S5 sleep state.
+/// AML for the PCI host bridge: bus 0, the I/O ports outside the configuration ports, and the
+/// 32-bit memory window the BARs are placed in. Every device uses MSI-X, so there is no _PRT.
+fn pci_host_bridge() -> Vec<u8> {
+    let window_end = PCI_BAR_WINDOW_END as u32 - 1;
+    aml_bytes(&aml::Device::new(
+        "_SB_.PCI0".into(),
+        vec![
+            &aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0A08")),
+            &aml::Name::new("_CID".into(), &aml::EISAName::new("PNP0A03")),
+            &aml::Name::new("_ADR".into(), &aml::ZERO),
+            &aml::Name::new("_SEG".into(), &aml::ZERO),
+            &aml::Name::new("_UID".into(), &aml::ZERO),
+            &aml::Name::new("_BBN".into(), &aml::ZERO),
+            &aml::Name::new(
+                "_CRS".into(),
+                &aml::ResourceTemplate::new(vec![
+                    &aml::AddressSpace::new_bus_number(0x0u16, 0x0u16),
+                    &aml::IO::new(PCI_CONFIG_ADDRESS_PORT, PCI_CONFIG_ADDRESS_PORT, 1, 8),
+                    &aml::AddressSpace::new_io(0x0u16, PCI_CONFIG_ADDRESS_PORT - 1, None),
+                    &aml::AddressSpace::new_io(PCI_CONFIG_ADDRESS_PORT + 8, 0xffffu16, None),
+                    &aml::AddressSpace::new_memory(
+                        aml::AddressSpaceCacheable::NotCacheable,
+                        true,
+                        PCI_BAR_WINDOW_START as u32,
+                        window_end,
+                        None,
+                    ),
+                ]),
+            ),
+        ],
+    ))
+}
+
+/// The MCFG: where bus 0's ECAM configuration space is.
+fn mcfg() -> Vec<u8> {
+    let mut mcfg = MCFG::new(OEM_ID, *b"HANGARMC", OEM_REVISION);
+    mcfg.add_ecam(PCI_ECAM_START, 0, 0, 0);
+    aml_bytes(&mcfg)
+}
+
+/// The DSDT: the PCI host bridge, the ISA devices by PNP id, pvpanic, and the S5 sleep state.
 pub fn dsdt() -> Vec<u8> {
-    let mut body = Vec::new();
+    let mut body = pci_host_bridge();
     body.extend(isa_device("_SB_.COM1", "PNP0501", COM1_PORT, 8, COM1_IRQ));
     body.extend(isa_device("_SB_.RTC_", "PNP0B00", CMOS_PORT, 2, 8));
     body.extend(keyboard_device());
@@ -197,9 +238,11 @@ pub fn create_acpi_tables(vcpus: u8) -> AcpiTables {
     let dsdt = area.place(&dsdt(), 16);
     let fadt = area.place(&fadt(dsdt, facs), 16);
     let madt = area.place(&madt(vcpus), 16);
+    let mcfg = area.place(&mcfg(), 16);
     let mut xsdt = XSDT::new(OEM_ID, *b"HANGARXS", OEM_REVISION);
     xsdt.add_entry(fadt);
     xsdt.add_entry(madt);
+    xsdt.add_entry(mcfg);
     let xsdt = area.place(&aml_bytes(&xsdt), 16);
     let rsdp = aml_bytes(&Rsdp::new(OEM_ID, xsdt));
     area.bytes[..rsdp.len()].copy_from_slice(&rsdp);
@@ -240,7 +283,11 @@ mod tests {
             .map(|o| u64_at(xsdt, o))
             .collect();
         let signatures: Vec<&[u8]> = entries.iter().map(|&a| &table_at(blob, a)[..4]).collect();
-        assert_eq!(signatures, vec![&b"FACP"[..], &b"APIC"[..]]);
+        assert_eq!(signatures, vec![&b"FACP"[..], &b"APIC"[..], &b"MCFG"[..]]);
+        // MCFG: 8 reserved bytes, then base address, segment, start and end bus.
+        let mcfg = table_at(blob, entries[2]);
+        assert_eq!(u64_at(mcfg, 44), PCI_ECAM_START);
+        assert_eq!(&mcfg[52..56], &[0, 0, 0, 0]);
         for &address in &entries {
             assert!(checksum_ok(table_at(blob, address)));
         }

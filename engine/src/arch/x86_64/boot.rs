@@ -326,6 +326,12 @@ pub fn memory_map(memory: u64) -> Vec<MemoryMapEntry> {
     if low_end > HIMEM_START {
         map.push(entry(HIMEM_START, low_end, E820_RAM));
     }
+    // Linux only trusts the MCFG's ECAM area if the firmware reserved it.
+    map.push(entry(
+        PCI_ECAM_START,
+        PCI_ECAM_START + PCI_ECAM_SIZE,
+        E820_RESERVED,
+    ));
     if memory > MMIO_GAP_START {
         map.push(entry(
             MMIO_GAP_END,
@@ -488,7 +494,7 @@ mod tests {
     #[test]
     fn memory_map_leaves_the_legacy_hole_and_the_mmio_gap() {
         let map = memory_map(256 << 20);
-        assert_eq!(map.len(), 3);
+        assert_eq!(map.len(), 4);
         assert_eq!(
             map[0],
             MemoryMapEntry {
@@ -500,11 +506,20 @@ mod tests {
         assert_eq!(map[1].kind, E820_RESERVED);
         assert_eq!(map[2].start, HIMEM_START);
         assert_eq!(map[2].start + map[2].size, 256 << 20);
+        assert_eq!(
+            map[3],
+            MemoryMapEntry {
+                start: PCI_ECAM_START,
+                size: PCI_ECAM_SIZE,
+                kind: E820_RESERVED
+            }
+        );
 
         let map = memory_map(4 << 30);
-        assert_eq!(map.len(), 4);
+        assert_eq!(map.len(), 5);
         assert_eq!(map[2].start + map[2].size, MMIO_GAP_START);
-        assert_eq!(map[3].start, MMIO_GAP_END);
+        assert_eq!(map[4].start, MMIO_GAP_END);
+        assert!(map.windows(2).all(|w| w[0].start + w[0].size <= w[1].start));
         let ram: u64 = map
             .iter()
             .filter(|e| e.kind == E820_RAM)

@@ -8,7 +8,8 @@
 //! 0x0009_fc00  start of the legacy hole (EBDA, VGA, BIOS area), reserved
 //! 0x000e_0000  ACPI tables (RSDP first)
 //! 0x0010_0000  kernel (HIMEM)            ... RAM up to 3 GiB
-//! 0xc000_0000  32-bit MMIO gap: framebuffer 0xd000_0000, IOAPIC 0xfec0_0000, LAPIC 0xfee0_0000
+//! 0xc000_0000  32-bit MMIO gap: framebuffer 0xd000_0000, PCI ECAM 0xe000_0000,
+//!              PCI BARs 0xe100_0000..0xf000_0000, IOAPIC 0xfec0_0000, LAPIC 0xfee0_0000
 //! 0x1_0000_0000  RAM above 4 GiB, for guests with more than 3 GiB
 //! ```
 
@@ -55,6 +56,16 @@ pub const FRAMEBUFFER_START: u64 = 0xd000_0000;
 pub const FRAMEBUFFER_MAX_SIZE: u64 = 0x1000_0000;
 /// KVM memory slot of the framebuffer; RAM uses the slots from 0 up.
 pub const FRAMEBUFFER_SLOT: u32 = 16;
+/// PCI configuration space (ECAM) of bus 0, announced in the MCFG and reserved in e820.
+pub const PCI_ECAM_START: u64 = 0xe000_0000;
+/// One bus: 32 slots of 8 functions of 4 KiB.
+pub const PCI_ECAM_SIZE: u64 = 0x10_0000;
+/// Where PCI BARs are placed (the host bridge's 32-bit memory window).
+pub const PCI_BAR_WINDOW_START: u64 = 0xe100_0000;
+pub const PCI_BAR_WINDOW_END: u64 = 0xf000_0000;
+/// Legacy PCI configuration access: address register and data window.
+pub const PCI_CONFIG_ADDRESS_PORT: u16 = 0xcf8;
+pub const PCI_CONFIG_DATA_PORT: u16 = 0xcfc;
 /// In-kernel IOAPIC.
 pub const IOAPIC_ADDR: u32 = 0xfec0_0000;
 /// Local APIC of every vCPU.
