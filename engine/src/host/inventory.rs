@@ -16,9 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::ByteSize;
 use crate::host::capabilities::HostCapabilities;
-use crate::host::definition::{
-    DefinitionError, DiskDefinition, NicDefinition, NicMode, Uuid, VmDefinition,
-};
+use crate::host::definition::{DefinitionError, DiskDefinition, NicDefinition, Uuid, VmDefinition};
 use crate::host::network::{self, NetworkError};
 use crate::host::stats::{Counters, Sample, StatsHistory, DEFAULT_HISTORY_LEN};
 use crate::host::storage::{StorageError, StoragePool, Volume, VolumeFormat};
@@ -569,26 +567,26 @@ impl Inventory {
             source,
         };
         runtime_dir.prepare().map_err(worker_err)?;
+        let disk_paths = {
+            let inner = self.lock();
+            def.disks
+                .iter()
+                .map(|disk| inner.pool.path_of(&disk.volume))
+                .collect::<Result<Vec<_>, _>>()?
+        };
         network::start_networks(def, &runtime_dir, self.capabilities.passt.as_deref()).map_err(
             |source| HostError::Network {
                 vm: def.name.clone(),
                 source,
             },
         )?;
-        let child = match supervisor::spawn_worker(&self.vmm, def, &runtime_dir) {
+        let child = match supervisor::spawn_worker(&self.vmm, def, &runtime_dir, &disk_paths) {
             Ok(child) => child,
             Err(err) => {
                 network::stop_networks(&runtime_dir);
                 return Err(worker_err(err));
             }
         };
-        if !def.disks.is_empty() || def.nics.iter().any(|n| n.mode != NicMode::None) {
-            supervisor::append_log(
-                &runtime_dir,
-                "note: this worker has no virtio-blk or virtio-net yet; disks and NICs are not \
-                 attached to the guest (passt runs for user-mode NICs)",
-            );
-        }
         let pid = child.id();
         let Err(err) = self.attach(&def.uuid, pid, Some(child)) else {
             return Ok(());

@@ -25,7 +25,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::host::definition::{DisplayKind, VmDefinition};
+use crate::disk::DiskSpec;
+use crate::host::definition::{DisplayKind, NicMode, VmDefinition};
+use crate::net::{NetMode, NetSpec};
 use crate::protocol::{Event, RunState, Status, StopReason, PROTOCOL_VERSION};
 
 /// Lines of the worker log kept with a crash report.
@@ -162,8 +164,13 @@ impl RuntimeDir {
     }
 }
 
-/// The worker's command line for a definition.
-pub fn worker_args(def: &VmDefinition, runtime: &RuntimeDir) -> Vec<OsString> {
+/// The worker's command line for a definition. `disk_paths` are the files of the definition's
+/// disks, in order (the pool resolves volume names).
+pub fn worker_args(
+    def: &VmDefinition,
+    runtime: &RuntimeDir,
+    disk_paths: &[PathBuf],
+) -> Vec<OsString> {
     let mut args: Vec<OsString> = vec!["--kernel".into(), def.kernel.clone().into()];
     if let Some(initrd) = &def.initrd {
         args.extend(["--initrd".into(), initrd.clone().into()]);
@@ -185,6 +192,26 @@ pub fn worker_args(def: &VmDefinition, runtime: &RuntimeDir) -> Vec<OsString> {
     if def.display == DisplayKind::Framebuffer {
         args.extend(["--display-socket".into(), runtime.display().into()]);
     }
+    for (disk, path) in def.disks.iter().zip(disk_paths) {
+        let spec = DiskSpec {
+            path: path.clone(),
+            format: None,
+            readonly: disk.readonly,
+            serial: None,
+        };
+        args.extend(["--disk".into(), spec.to_string().into()]);
+    }
+    // User-mode NICs reach the passt hangard started for them; a NIC with mode "none" has no
+    // cable, so the guest gets no card for it.
+    for (index, nic) in def.nics.iter().enumerate() {
+        if nic.mode == NicMode::User {
+            let spec = NetSpec {
+                mode: NetMode::Unix(crate::host::network::nic_socket(runtime, index)),
+                mac: None,
+            };
+            args.extend(["--net".into(), spec.to_string().into()]);
+        }
+    }
     args
 }
 
@@ -193,6 +220,7 @@ pub fn spawn_worker(
     vmm: &Path,
     def: &VmDefinition,
     runtime: &RuntimeDir,
+    disk_paths: &[PathBuf],
 ) -> Result<Child, SupervisorError> {
     runtime.prepare()?;
     let log_err = |source| SupervisorError::RuntimeDir {
@@ -214,7 +242,7 @@ pub fn spawn_worker(
     );
     let mut command = Command::new(vmm);
     command
-        .args(worker_args(def, runtime))
+        .args(worker_args(def, runtime, disk_paths))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::from(log));
@@ -608,7 +636,7 @@ mod tests {
         )
         .unwrap();
         let runtime = RuntimeDir::new(Path::new("/run/user/1/hangar"), "u");
-        let args: Vec<String> = worker_args(&def, &runtime)
+        let args: Vec<String> = worker_args(&def, &runtime, &[])
             .into_iter()
             .map(|a| a.into_string().unwrap())
             .collect();
@@ -637,8 +665,35 @@ mod tests {
             r#"{"name":"a","kernel":"/k","memory":"64M","vcpus":1,"display":"none"}"#,
         )
         .unwrap();
-        let args = worker_args(&headless, &runtime);
+        let args = worker_args(&headless, &runtime, &[]);
         assert!(!args.iter().any(|a| a == "--display-socket"), "{args:?}");
+
+        let attached = VmDefinition::from_json(
+            r#"{"name":"a","kernel":"/k","display":"none",
+                "disks":[{"volume":"root.qcow2"},{"volume":"iso","readonly":true}],
+                "nics":[{"mode":"none"},{"mode":"user"}]}"#,
+        )
+        .unwrap();
+        let paths = [
+            PathBuf::from("/pool/root.qcow2"),
+            PathBuf::from("/pool/iso"),
+        ];
+        let args: Vec<String> = worker_args(&attached, &runtime, &paths)
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect();
+        let tail = &args[args.len() - 6..];
+        assert_eq!(
+            tail,
+            [
+                "--disk",
+                "path=/pool/root.qcow2",
+                "--disk",
+                "path=/pool/iso,readonly=on",
+                "--net",
+                "unix:/run/user/1/hangar/u/net1.sock"
+            ]
+        );
     }
 
     #[test]
