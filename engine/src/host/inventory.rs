@@ -900,15 +900,8 @@ impl Inventory {
             let Ok(stats) = serde_json::from_value::<Stats>(reply) else {
                 continue;
             };
-            let counters = Counters {
-                at_ns: monotonic_ns(),
-                cpu_time_ns: stats.vcpus.iter().map(|v| v.cpu_time_ns).sum(),
-                vcpus: stats.vcpus.len() as u32,
-                memory_used_bytes: supervisor::resident_bytes(link.pid),
-                memory_bytes: stats.memory_bytes,
-                // The worker has no disk or network devices yet.
-                ..Default::default()
-            };
+            let counters =
+                Counters::from_worker(&stats, monotonic_ns(), supervisor::resident_bytes(link.pid));
             if let Some(runtime) = self.lock().runtime.get_mut(&uuid) {
                 runtime.history.record(counters, now_ms());
             }

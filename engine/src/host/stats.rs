@@ -29,6 +29,32 @@ pub struct Counters {
     pub net_tx_bytes: u64,
 }
 
+impl Counters {
+    /// The counters of a worker's `stats` reply, read at `at_ns`; `resident_bytes` is the
+    /// worker's resident set, the memory used when the guest reports nothing itself.
+    pub fn from_worker(stats: &crate::protocol::Stats, at_ns: u64, resident_bytes: u64) -> Self {
+        // The guest's own view (virtio-balloon) says what it uses, where the resident set also
+        // counts pages the guest has freed.
+        let memory_used_bytes = stats
+            .balloon
+            .as_ref()
+            .filter(|b| b.total_bytes > 0)
+            .map(|b| b.total_bytes.saturating_sub(b.available_bytes))
+            .unwrap_or(resident_bytes);
+        Counters {
+            at_ns,
+            cpu_time_ns: stats.vcpus.iter().map(|v| v.cpu_time_ns).sum(),
+            vcpus: stats.vcpus.len() as u32,
+            memory_used_bytes,
+            memory_bytes: stats.memory_bytes,
+            disk_read_bytes: stats.disks.iter().map(|d| d.read_bytes).sum(),
+            disk_write_bytes: stats.disks.iter().map(|d| d.write_bytes).sum(),
+            net_rx_bytes: stats.nets.iter().map(|n| n.rx_bytes).sum(),
+            net_tx_bytes: stats.nets.iter().map(|n| n.tx_bytes).sum(),
+        }
+    }
+}
+
 /// One point of a VM's graphs. On D-Bus it is the struct `(tdttdddd)`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize, Type)]
 pub struct Sample {
@@ -144,6 +170,46 @@ mod tests {
     use super::*;
 
     const SECOND: u64 = 1_000_000_000;
+
+    #[test]
+    fn worker_stats_sum_the_devices_and_prefer_the_guests_memory_view() {
+        let stats: crate::protocol::Stats = serde_json::from_value(serde_json::json!({
+            "state": "running",
+            "memory_bytes": 256u64 << 20,
+            "vcpus": [
+                {"id": 0, "cpu_time_ns": 10, "exits": {"io": 0, "mmio": 0, "hlt": 0, "other": 0}},
+                {"id": 1, "cpu_time_ns": 5, "exits": {"io": 0, "mmio": 0, "hlt": 0, "other": 0}}
+            ],
+            "disks": [
+                {"path": "/a", "read_bytes": 100, "write_bytes": 1, "read_requests": 1,
+                 "write_requests": 1, "flushes": 0, "errors": 0},
+                {"path": "/b", "read_bytes": 20, "write_bytes": 2, "read_requests": 1,
+                 "write_requests": 1, "flushes": 0, "errors": 0}
+            ],
+            "nets": [{"rx_bytes": 7, "rx_packets": 1, "tx_bytes": 9, "tx_packets": 1,
+                      "rx_dropped": 0, "tx_dropped": 0}]
+        }))
+        .unwrap();
+        let counters = Counters::from_worker(&stats, 1, 4096);
+        assert_eq!((counters.cpu_time_ns, counters.vcpus), (15, 2));
+        assert_eq!(
+            (counters.disk_read_bytes, counters.disk_write_bytes),
+            (120, 3)
+        );
+        assert_eq!((counters.net_rx_bytes, counters.net_tx_bytes), (7, 9));
+        assert_eq!(
+            counters.memory_used_bytes, 4096,
+            "no balloon: the resident set"
+        );
+        let mut with_balloon = stats.clone();
+        with_balloon.balloon = Some(crate::protocol::BalloonStats {
+            total_bytes: 1000,
+            available_bytes: 300,
+            ..Default::default()
+        });
+        let counters = Counters::from_worker(&with_balloon, 1, 4096);
+        assert_eq!(counters.memory_used_bytes, 700);
+    }
 
     fn reading(at_s: u64, cpu_ns: u64, vcpus: u32) -> Counters {
         Counters {
