@@ -75,22 +75,8 @@ impl ControlClient {
 
     /// Sends as much queued output as the socket takes.
     pub fn flush(&mut self) {
-        while !self.output.is_empty() {
-            match self.stream.write(&self.output) {
-                Ok(0) => {
-                    self.closed = true;
-                    return;
-                }
-                Ok(n) => {
-                    self.output.drain(..n);
-                }
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
-                Err(_) => {
-                    self.closed = true;
-                    return;
-                }
-            }
+        if write_queued(&mut self.stream, &mut self.output).is_err() {
+            self.closed = true;
         }
     }
 
@@ -110,6 +96,23 @@ impl ControlClient {
 }
 
 /// Takes the complete lines out of `input`, enforcing the line-length limit.
+/// Writes as much of `output` to a non-blocking socket as it takes, and drops what went out.
+/// An error means the peer is gone.
+pub fn write_queued(stream: &mut UnixStream, output: &mut Vec<u8>) -> io::Result<()> {
+    while !output.is_empty() {
+        match stream.write(output) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                output.drain(..n);
+            }
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
+}
+
 pub fn split_lines(input: &mut Vec<u8>, discarding: &mut bool) -> Vec<Line> {
     let mut lines = Vec::new();
     while let Some(end) = input.iter().position(|&b| b == b'\n') {

@@ -484,7 +484,7 @@ impl Worker {
             }
         }
         for mut client in accepted {
-            let slot = self.free_slot_control();
+            let slot = free_slot(&mut self.control_clients);
             let token = TOKEN_CONTROL_CLIENT | slot as u64;
             if self.add_fd(client.stream.as_raw_fd(), token).is_err() {
                 continue;
@@ -498,16 +498,6 @@ impl Worker {
                 client.send(&crash_event(crash));
             }
             self.control_clients[slot] = Some(client);
-        }
-    }
-
-    fn free_slot_control(&mut self) -> usize {
-        match self.control_clients.iter().position(Option::is_none) {
-            Some(slot) => slot,
-            None => {
-                self.control_clients.push(None);
-                self.control_clients.len() - 1
-            }
         }
     }
 
@@ -661,13 +651,7 @@ impl Worker {
             accepted.push(stream);
         }
         for stream in accepted {
-            let slot = match self.serial_clients.iter().position(Option::is_none) {
-                Some(slot) => slot,
-                None => {
-                    self.serial_clients.push(None);
-                    self.serial_clients.len() - 1
-                }
-            };
+            let slot = free_slot(&mut self.serial_clients);
             if self
                 .add_fd(stream.as_raw_fd(), TOKEN_SERIAL_CLIENT | slot as u64)
                 .is_ok()
@@ -752,13 +736,7 @@ impl Worker {
             }
         }
         for client in accepted {
-            let slot = match self.display_clients.iter().position(Option::is_none) {
-                Some(slot) => slot,
-                None => {
-                    self.display_clients.push(None);
-                    self.display_clients.len() - 1
-                }
-            };
+            let slot = free_slot(&mut self.display_clients);
             if self
                 .add_fd(
                     client.stream.as_raw_fd(),
@@ -899,4 +877,11 @@ impl Worker {
             let _ = std::fs::remove_file(path);
         }
     }
+}
+/// The index of the first free slot in a client table, growing it when all are taken.
+fn free_slot<T>(slots: &mut Vec<Option<T>>) -> usize {
+    slots.iter().position(Option::is_none).unwrap_or_else(|| {
+        slots.push(None);
+        slots.len() - 1
+    })
 }

@@ -2,13 +2,13 @@
 //! a client that stopped reading: while anything is still unsent, new damage is dropped for that
 //! client and it gets a `resync` once its socket drains. The VM never waits for a client.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
-use crate::control::{split_lines, Line};
+use crate::control::{split_lines, write_queued, Line};
 use crate::protocol::{DisplayEvent, DISPLAY_PROTOCOL_VERSION};
 
 use super::framebuffer::{Framebuffer, FORMAT};
@@ -91,27 +91,14 @@ impl DisplayClient {
     /// Sends what the socket takes; once everything is out, a pending resync goes too.
     pub fn flush(&mut self) {
         loop {
-            if self.output.is_empty() {
-                if !std::mem::take(&mut self.resync_pending) {
-                    return;
-                }
-                self.queue(&DisplayEvent::Resync);
+            if write_queued(&mut self.stream, &mut self.output).is_err() {
+                self.closed = true;
+                return;
             }
-            match self.stream.write(&self.output) {
-                Ok(0) => {
-                    self.closed = true;
-                    return;
-                }
-                Ok(n) => {
-                    self.output.drain(..n);
-                }
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
-                Err(_) => {
-                    self.closed = true;
-                    return;
-                }
+            if !self.output.is_empty() || !std::mem::take(&mut self.resync_pending) {
+                return;
             }
+            self.queue(&DisplayEvent::Resync);
         }
     }
 
