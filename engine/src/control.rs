@@ -42,21 +42,8 @@ impl ControlClient {
 
     /// Reads what is available and returns the complete lines.
     pub fn read_lines(&mut self) -> Vec<Line> {
-        let mut buf = [0u8; 4096];
-        loop {
-            match self.stream.read(&mut buf) {
-                Ok(0) => {
-                    self.closed = true;
-                    break;
-                }
-                Ok(n) => self.input.extend_from_slice(&buf[..n]),
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
-                Err(_) => {
-                    self.closed = true;
-                    break;
-                }
-            }
+        if read_available(&mut self.stream, &mut self.input).is_err() {
+            self.closed = true;
         }
         split_lines(&mut self.input, &mut self.discarding)
     }
@@ -96,6 +83,21 @@ impl ControlClient {
 }
 
 /// Takes the complete lines out of `input`, enforcing the line-length limit.
+/// Reads everything a non-blocking socket has into `input`. An error means the peer is gone
+/// (end of stream included).
+pub fn read_available(stream: &mut UnixStream, input: &mut Vec<u8>) -> io::Result<()> {
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => input.extend_from_slice(&buf[..n]),
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(err) => return Err(err),
+        }
+    }
+}
+
 /// Writes as much of `output` to a non-blocking socket as it takes, and drops what went out.
 /// An error means the peer is gone.
 pub fn write_queued(stream: &mut UnixStream, output: &mut Vec<u8>) -> io::Result<()> {

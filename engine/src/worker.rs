@@ -197,14 +197,14 @@ impl Worker {
         let events_tx = EventSender::new(tx, wake.clone());
 
         let mut socket_paths = Vec::new();
-        let control_listener = match &config.control {
-            Some(path) => {
-                let listener = bind_socket(path)?;
-                socket_paths.push(path.clone());
-                Some(listener)
-            }
-            None => None,
+        // Binds an optional socket and remembers its path, to remove it on exit.
+        let mut listen = |path: &Option<PathBuf>| -> Result<Option<UnixListener>, WorkerError> {
+            let Some(path) = path else { return Ok(None) };
+            let listener = bind_socket(path)?;
+            socket_paths.push(path.clone());
+            Ok(Some(listener))
         };
+        let control_listener = listen(&config.control)?;
         let mut console_clients = None;
         let mut serial_listener = None;
         let mut raw_terminal = None;
@@ -215,8 +215,7 @@ impl Worker {
             }
             SerialMode::None => Console::Discard,
             SerialMode::Unix(path) => {
-                serial_listener = Some(bind_socket(path)?);
-                socket_paths.push(path.clone());
+                serial_listener = listen(&Some(path.clone()))?;
                 let clients = Arc::new(Mutex::new(ConsoleClients::default()));
                 console_clients = Some(clients.clone());
                 Console::Clients(clients)
@@ -228,14 +227,7 @@ impl Worker {
             Some(size) => Some(Arc::new(Framebuffer::new(size)?)),
             None => None,
         };
-        let display_listener = match &config.display_socket {
-            Some(path) => {
-                let listener = bind_socket(path)?;
-                socket_paths.push(path.clone());
-                Some(listener)
-            }
-            None => None,
-        };
+        let display_listener = listen(&config.display_socket)?;
         let damage_timer = TimerFd::new().map_err(|err| io_err(err.into()))?;
 
         let machine = Machine::build(

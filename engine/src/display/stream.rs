@@ -2,13 +2,13 @@
 //! a client that stopped reading: while anything is still unsent, new damage is dropped for that
 //! client and it gets a `resync` once its socket drains. The VM never waits for a client.
 
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
-use crate::control::{split_lines, write_queued, Line};
+use crate::control::{read_available, split_lines, write_queued, Line};
 use crate::protocol::{DisplayEvent, DISPLAY_PROTOCOL_VERSION};
 
 use super::framebuffer::{Framebuffer, FORMAT};
@@ -109,21 +109,8 @@ impl DisplayClient {
 
     /// Reads what is available and returns the complete lines.
     pub fn read_lines(&mut self) -> Vec<Line> {
-        let mut buf = [0u8; 4096];
-        loop {
-            match self.stream.read(&mut buf) {
-                Ok(0) => {
-                    self.closed = true;
-                    break;
-                }
-                Ok(n) => self.input.extend_from_slice(&buf[..n]),
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
-                Err(_) => {
-                    self.closed = true;
-                    break;
-                }
-            }
+        if read_available(&mut self.stream, &mut self.input).is_err() {
+            self.closed = true;
         }
         split_lines(&mut self.input, &mut self.discarding)
     }
@@ -147,6 +134,7 @@ mod tests {
     use super::*;
     use crate::config::DisplaySize;
     use crate::display::DamageRect;
+    use std::io::Read;
 
     fn damage(y: u32) -> DisplayEvent {
         DisplayEvent::Damage {
