@@ -460,7 +460,7 @@ fn run_check(name: &str, cache: &std::path::Path) {
 /// Runs `checks` inside the nested lab, echoing its output. Returns the lab's exit status and
 /// the checks that passed.
 fn run_in_lab(checks: &[&str]) -> (std::process::ExitStatus, Vec<String>) {
-    use std::io::BufRead;
+    use std::io::{BufRead, Write};
     let me = std::env::current_exe().unwrap();
     let mut child = Command::new(repo_root().join("tests/lab/run"))
         .args(["--timeout", "1800", "--silence", "300"])
@@ -481,7 +481,8 @@ fn run_in_lab(checks: &[&str]) -> (std::process::ExitStatus, Vec<String>) {
     for line in std::io::BufReader::new(child.stdout.take().unwrap()).split(b'\n') {
         let Ok(line) = line else { break };
         let line = String::from_utf8_lossy(&line);
-        println!("{line}");
+        // Straight to fd 1, past libtest's capture, so the lab's progress shows as it happens.
+        let _ = writeln!(std::io::stdout().lock(), "{line}");
         if let Some(name) = line.trim_end().strip_prefix(PASSED_PREFIX) {
             passed.push(name.to_string());
         }
@@ -614,7 +615,9 @@ fn debian_kernels_boot_with_two_vcpus_and_power_off() {
             let mut status = None;
             for attempt in 1..=3 {
                 if attempt > 1 {
-                    println!(
+                    use std::io::Write;
+                    let _ = writeln!(
+                        std::io::stderr().lock(),
                         "Linux guests: the nested lab itself failed; running the {} checks left in a new lab: {}",
                         left.len(),
                         left.join(",")
