@@ -98,12 +98,20 @@ fn a_worker_killed_with_9_leaves_a_crashed_vm_with_the_signal() {
 #[test]
 fn a_guest_crash_is_reported_and_the_worker_can_be_destroyed() {
     require_kvm();
-    let host = Host::new();
+    let mut host = Host::new();
     define(&host, "tf", "triplefault");
     host.ctl_ok(&["start", "tf"]);
     let reason = host.wait_state("tf", "crashed", BOOT);
-    // The guest may crash before hangard connects; the worker's status does not say why then.
-    assert!(reason.contains("the guest crashed"), "{reason}");
+    // The guest may crash before hangard connects; the worker's status says why then.
+    assert!(
+        reason.contains("the guest crashed (triple-fault on vCPU 0)"),
+        "{reason}"
+    );
+
+    // A restarted hangard re-attaches the crashed VM and still knows why it crashed.
+    host.kill_hangard();
+    host.start_hangard();
+    assert_eq!(host.state("tf"), ("crashed".to_string(), reason.clone()));
     host.ctl_ok(&["destroy", "tf"]);
     assert_eq!(host.state("tf").0, "shutoff");
 }

@@ -619,6 +619,7 @@ impl Inventory {
         let state = VmState::from(attachment.status.state);
         let reason = match (&attachment.panic, state) {
             (Some((reason, vcpu)), VmState::Crashed) => crash_reason(reason, *vcpu),
+            // Only a worker older than the status' crash field says nothing about why.
             (None, VmState::Crashed) => {
                 "the guest crashed before hangard connected; destroy or reboot it".to_string()
             }

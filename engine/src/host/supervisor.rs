@@ -356,7 +356,7 @@ type Pending = Arc<Mutex<HashMap<u64, Sender<Value>>>>;
 pub struct Attachment {
     pub link: Arc<WorkerLink>,
     pub status: Status,
-    /// Why the guest crashed, if the worker said so before the status reply.
+    /// Why the guest crashed: from an event before the status reply, or from the status.
     pub panic: Option<(String, u8)>,
     reader: BufReader<UnixStream>,
     child: Option<Child>,
@@ -474,6 +474,14 @@ impl WorkerLink {
         }
         let status: Status = serde_json::from_value(reply)
             .map_err(|err| connect_err(format!("unexpected status reply: {err}")))?;
+        // A crash from before this connection (a guest that crashed at once, or a hangard that
+        // re-attaches) is only in the status.
+        let panic = panic.or_else(|| {
+            status
+                .crash
+                .as_ref()
+                .map(|crash| (crash.reason.clone(), crash.vcpu))
+        });
         stream.set_read_timeout(None).map_err(io_err)?;
 
         let link = Arc::new(WorkerLink {
