@@ -181,6 +181,69 @@ fn volumes_are_created_listed_resized_and_deleted() {
 }
 
 #[test]
+fn a_vms_volumes_reach_its_worker_and_stay_its_own() {
+    require_kvm();
+    let host = Host::new();
+    host.ctl_ok(&["vol-create", "root.qcow2", "16M"]);
+    host.ctl_ok(&["vol-create", "media.img", "4M", "--format", "raw"]);
+    let mut def = tiny("owner", "ticker");
+    def["disks"] = json!([{"volume": "root.qcow2"}, {"volume": "media.img", "readonly": true}]);
+    let file = host.definition_file("owner", &def);
+    let uuid = host.ctl_json(&["define", file.to_str().unwrap()])["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    host.ctl_ok(&["start", "owner"]);
+    let worker = host.worker_pid(&uuid).expect("worker pid file");
+
+    // The worker holds both pool files open, the read-only one without write access.
+    let open_modes: Vec<(String, u32)> = std::fs::read_dir(format!("/proc/{worker}/fd"))
+        .unwrap()
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let target = std::fs::read_link(entry.path()).ok()?;
+            let info = std::fs::read_to_string(format!(
+                "/proc/{worker}/fdinfo/{}",
+                entry.file_name().to_str()?
+            ))
+            .ok()?;
+            let flags = info.lines().find_map(|l| l.strip_prefix("flags:"))?.trim();
+            let mode = u32::from_str_radix(flags, 8).ok()? & 0o3;
+            Some((target.display().to_string(), mode))
+        })
+        .filter(|(target, _)| target.starts_with(host.images_dir().to_str().unwrap()))
+        .collect();
+    let images = host.images_dir();
+    let root = images.join("root.qcow2").display().to_string();
+    let media = images.join("media.img").display().to_string();
+    assert!(
+        open_modes.contains(&(root.clone(), 2)),
+        "root.qcow2 open read-write: {open_modes:?}"
+    );
+    assert!(
+        open_modes.contains(&(media.clone(), 0)),
+        "media.img open read-only: {open_modes:?}"
+    );
+
+    // A second VM on the same writable volume cannot start while the first runs: the image is
+    // locked, and the error says by what.
+    let mut thief = tiny("thief", "ticker");
+    thief["disks"] = json!([{"volume": "root.qcow2"}]);
+    let file = host.definition_file("thief", &thief);
+    host.ctl_ok(&["define", file.to_str().unwrap()]);
+    let (name, message, _) = host.ctl_err(&["start", "thief"]);
+    assert!(
+        message.contains("root.qcow2") && message.contains("in use"),
+        "{name}: {message}"
+    );
+    assert_eq!(host.state("thief").0, "shutoff");
+    assert_eq!(host.state("owner").0, "running");
+    host.ctl_ok(&["destroy", "owner"]);
+    host.ctl_ok(&["start", "thief"]);
+    host.ctl_ok(&["destroy", "thief"]);
+}
+
+#[test]
 fn clients_hear_signals_and_see_properties() {
     require_kvm();
     let host = Host::new();

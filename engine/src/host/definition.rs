@@ -58,6 +58,13 @@ impl Uuid {
     pub fn is_nil(&self) -> bool {
         *self == Uuid::NIL
     }
+
+    /// The MAC address of the VM's card number `index`: QEMU's locally administered 52:54:00
+    /// prefix, then bytes of the UUID, so a guest sees the same card on every boot.
+    pub fn mac(&self, index: usize) -> [u8; 6] {
+        let tail = self.0[13] as usize + index;
+        [0x52, 0x54, 0x00, self.0[11], self.0[12], tail as u8]
+    }
 }
 
 impl fmt::Display for Uuid {
@@ -112,7 +119,8 @@ pub enum NicMode {
     /// User-mode networking through a per-VM passt; no root needed.
     #[default]
     User,
-    /// A card with no cable plugged in.
+    /// No network: the guest gets no card for this entry, as with a NIC removed in
+    /// virt-manager.
     None,
 }
 
@@ -502,6 +510,14 @@ mod tests {
         assert_eq!(&text[14..15], "4");
         assert_eq!(text.parse::<Uuid>().unwrap(), uuid);
         assert!("not-a-uuid".parse::<Uuid>().is_err());
+        let mac = uuid.mac(0);
+        assert_eq!(mac[..3], [0x52, 0x54, 0x00]);
+        assert_eq!(
+            mac,
+            uuid.mac(0),
+            "the same card gets the same MAC every time"
+        );
+        assert_ne!(mac, uuid.mac(1), "each card gets its own MAC");
         assert!("zzzzzzzz-zzzz-zzzz-zzzz-zzzzzzzzzzzz"
             .parse::<Uuid>()
             .is_err());

@@ -201,13 +201,13 @@ pub fn worker_args(
         };
         args.extend(["--disk".into(), spec.to_string().into()]);
     }
-    // User-mode NICs reach the passt hangard started for them; a NIC with mode "none" has no
-    // cable, so the guest gets no card for it.
+    // User-mode NICs reach the passt hangard started for them; a NIC with mode "none" gives
+    // the guest no card.
     for (index, nic) in def.nics.iter().enumerate() {
         if nic.mode == NicMode::User {
             let spec = NetSpec {
                 mode: NetMode::Unix(crate::host::network::nic_socket(runtime, index)),
-                mac: None,
+                mac: Some(def.uuid.mac(index)),
             };
             args.extend(["--net".into(), spec.to_string().into()]);
         }
@@ -699,7 +699,7 @@ mod tests {
                 "--disk",
                 "path=/pool/iso,readonly=on",
                 "--net",
-                "unix:/run/user/1/hangar/u/net1.sock"
+                "unix:/run/user/1/hangar/u/net1.sock,mac=52:54:00:00:00:01"
             ]
         );
     }
