@@ -72,6 +72,11 @@ impl DefinitionStore {
         let mut skipped = Vec::new();
         for entry in fs::read_dir(dir).map_err(read_err)? {
             let path = entry.map_err(read_err)?.path();
+            if stale_temp_file(&path) {
+                // What a writer killed between create and rename left; the real file is whole.
+                let _ = fs::remove_file(&path);
+                continue;
+            }
             if path.extension().is_none_or(|ext| ext != "json") {
                 continue;
             }
@@ -240,6 +245,20 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     result
 }
 
+/// A temp file of [`write_atomically`] whose writer process is gone.
+fn stale_temp_file(path: &Path) -> bool {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    let Some((_, pid)) = name.strip_prefix('.').and_then(|n| n.rsplit_once(".tmp-")) else {
+        return false;
+    };
+    match pid.parse::<u32>() {
+        Ok(pid) => pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists(),
+        Err(_) => false,
+    }
+}
+
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -247,6 +266,17 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_temp_files_of_dead_writers_are_stale() {
+        let dead = Path::new("/x/.a.json.tmp-4000000000");
+        assert!(stale_temp_file(dead));
+        let mine = format!("/x/.a.json.tmp-{}", std::process::id());
+        assert!(!stale_temp_file(Path::new(&mine)));
+        assert!(!stale_temp_file(Path::new("/x/.a.json.tmp-1")), "pid 1 is alive");
+        assert!(!stale_temp_file(Path::new("/x/a.json")));
+        assert!(!stale_temp_file(Path::new("/x/.hidden")));
+    }
 
     struct Scratch(PathBuf);
     impl Scratch {
