@@ -1,6 +1,7 @@
 //! Stock Debian kernels (cloud-amd64 and amd64) with a busybox initramfs, 2 vCPUs, 256 MiB:
 //! boot, SMP, clock, power-off, reboot, panic; both kernels' framebuffer console on the display,
-//! with keys typed through the i8042; and the virtio-pci devices (rng, disks, network, balloon).
+//! with keys typed through the i8042; the virtio-pci devices (rng, disks, network, balloon); and
+//! a host disk that fills up under the guest.
 //!
 //! With hardware virtualization (VT-x/AMD-V) the worker runs directly on /dev/kvm. On a kvm_pvm
 //! host, where guests are only emulated, this test re-runs itself inside the nested lab
@@ -404,8 +405,65 @@ fn once_more_if_the_lab_stalls(name: &str, check: impl Fn()) {
     println!("{PASSED_PREFIX}{name}");
 }
 
+/// The host's disk fills up under a guest's writes: a raw disk on a 24 MiB tmpfs (mounted in a
+/// user and mount namespace of the worker's own, so no root is needed), and the guest writes
+/// 48 MiB. The guest gets an I/O error, the worker counts it and stays up, and the disk still
+/// reads.
+fn a_full_host_disk_is_an_io_error_in_the_guest(cache: &std::path::Path) {
+    println!("== disk full: a raw disk on a 24 MiB tmpfs, the guest writes 48 MiB");
+    let dir = TempDir::new("full");
+    let mount = dir.path("mnt");
+    std::fs::create_dir(&mount).unwrap();
+    let mount = mount.display().to_string();
+    let script = format!(
+        "mount -t tmpfs -o size=24m hangar-full {mount} && truncate -s 64M {mount}/full.img \
+         && exec \"$0\" \"$@\""
+    );
+    let wrapper = [
+        "unshare",
+        "--user",
+        "--map-root-user",
+        "--mount",
+        "sh",
+        "-c",
+        &script,
+    ];
+    let disk = format!("path={mount}/full.img");
+    let cmdline = "console=ttyS0 panic=-1 hangar.test=diskfull";
+    let kernel = cache.join("vmlinuz-cloud-amd64").display().to_string();
+    let initrd = cache.join("initrd-cloud-amd64.img").display().to_string();
+    let args = [
+        "--kernel",
+        &kernel,
+        "--initrd",
+        &initrd,
+        "--memory",
+        "256M",
+        "--cmdline",
+        cmdline,
+        "--disk",
+        &disk,
+        "--no-reboot",
+    ];
+    let mut vmm = Vmm::start_wrapped(&wrapper, &args, true);
+    let mut control = vmm.control();
+    let dd = vmm.expect("HANGAR-DD-STATUS=", BOOT);
+    assert!(
+        !dd.contains("HANGAR-DD-STATUS=0") && dd.contains("Input/output error"),
+        "the guest's dd must fail with an I/O error: {dd}"
+    );
+    vmm.expect("HANGAR-READ-OK", BOOT);
+    let stats = control.ok("stats");
+    let errors = stats["disks"][0]["errors"].as_u64().unwrap();
+    assert!(errors > 0, "the worker counted no failed request: {stats}");
+    assert_eq!(control.ok("status")["state"], "running");
+    vmm.expect("HANGAR-DISKFULL-DONE", BOOT);
+    assert!(vmm.wait(BOOT).success());
+    println!("== disk full: the guest got I/O errors ({errors} failed requests), the worker stayed up: ok");
+}
+
 /// Every check, in the order they run. `HANGAR_LAB_CHECKS=a,b` runs only those.
-const CHECKS: [&str; 10] = [
+const CHECKS: [&str; 11] = [
     "cloud-amd64",
     "amd64",
     "reboot",
@@ -416,6 +474,7 @@ const CHECKS: [&str; 10] = [
     "disks",
     "kill",
     "network",
+    "diskfull",
 ];
 
 /// The line each passed check prints; the host side reads it to know what is left after the
@@ -453,6 +512,7 @@ fn run_check(name: &str, cache: &std::path::Path) {
         "disks" => disks_keep_the_guests_writes(cache),
         "kill" => synced_writes_survive_a_killed_worker(cache),
         "network" => network_reaches_the_host_and_back(cache),
+        "diskfull" => a_full_host_disk_is_an_io_error_in_the_guest(cache),
         other => unreachable!("no lab check named {other}"),
     }
 }

@@ -273,7 +273,10 @@ mod tests {
         assert!(stale_temp_file(dead));
         let mine = format!("/x/.a.json.tmp-{}", std::process::id());
         assert!(!stale_temp_file(Path::new(&mine)));
-        assert!(!stale_temp_file(Path::new("/x/.a.json.tmp-1")), "pid 1 is alive");
+        assert!(
+            !stale_temp_file(Path::new("/x/.a.json.tmp-1")),
+            "pid 1 is alive"
+        );
         assert!(!stale_temp_file(Path::new("/x/a.json")));
         assert!(!stale_temp_file(Path::new("/x/.hidden")));
     }

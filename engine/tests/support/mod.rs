@@ -104,9 +104,22 @@ impl Vmm {
     /// Starts `hangar-vmm` with `args`, serial on stdio, and a control socket unless
     /// `with_control` is false.
     pub fn start(args: &[&str], with_control: bool) -> Vmm {
+        Vmm::start_wrapped(&[], args, with_control)
+    }
+
+    /// As [`Vmm::start`], with `wrapper` (a program and its arguments, such as `unshare ...`)
+    /// running the worker: the worker's path and `args` follow the wrapper's own arguments.
+    pub fn start_wrapped(wrapper: &[&str], args: &[&str], with_control: bool) -> Vmm {
         let dir = TempDir::new("vmm");
         let control_path = with_control.then(|| dir.path("control.sock"));
-        let mut command = Command::new(vmm_binary());
+        let mut command = match wrapper.split_first() {
+            Some((program, wrapper_args)) => {
+                let mut command = Command::new(program);
+                command.args(wrapper_args).arg(vmm_binary());
+                command
+            }
+            None => Command::new(vmm_binary()),
+        };
         command.args(args);
         if let Some(path) = &control_path {
             command.arg("--control").arg(path);
