@@ -206,6 +206,20 @@ impl Vmm {
         )
     }
 
+    /// Every serial line not yet read, once the worker has gone (its stdout closed).
+    pub fn rest_of_console(&mut self, timeout: Duration) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        let mut rest = Vec::new();
+        while let Ok(line) = self
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            self.seen.push(line.clone());
+            rest.push(line);
+        }
+        rest
+    }
+
     /// Waits for the worker to exit.
     pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
         let deadline = Instant::now() + timeout;
