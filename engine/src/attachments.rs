@@ -60,6 +60,28 @@ impl Attachments {
         Ok(Attachments { disks, nics })
     }
 
+    /// What the sandbox must leave reachable for these attachments: the images (read-only ones
+    /// and backing files for reading), and the private directories of worker-started passts.
+    pub fn sandbox_paths(&self, paths: &mut crate::sandbox::SandboxPaths) {
+        for attached in &self.disks {
+            let disk = crate::devices::lock(&attached.disk);
+            let chain = crate::disk::backing_chain(&disk.path).unwrap_or_default();
+            if disk.readonly {
+                paths.read.push(disk.path.clone());
+            } else {
+                paths.read_write.push(disk.path.clone());
+            }
+            paths
+                .read
+                .extend(chain.into_iter().filter(|p| *p != disk.path));
+        }
+        for nic in &self.nics {
+            if let Some(dir) = crate::devices::lock(&nic.backend).private_dir() {
+                paths.read_write.push(dir.to_path_buf());
+            }
+        }
+    }
+
     pub fn net_stats(&self) -> Vec<NetStats> {
         self.nics.iter().map(|n| n.counters.snapshot()).collect()
     }

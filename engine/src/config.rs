@@ -267,6 +267,13 @@ pub struct VmSettings {
     pub display: Option<DisplaySetting>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub display_socket: Option<PathBuf>,
+    /// `false` runs the worker without its sandbox (landlock and seccomp); for debugging only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<bool>,
+    /// Directories the `screenshot` control command may write to (the sandbox allows no
+    /// other place).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub screenshot_dirs: Option<Vec<PathBuf>>,
 }
 
 impl VmSettings {
@@ -297,6 +304,8 @@ impl VmSettings {
             nics: overrides.nics.or(self.nics),
             display: overrides.display.or(self.display),
             display_socket: overrides.display_socket.or(self.display_socket),
+            sandbox: overrides.sandbox.or(self.sandbox),
+            screenshot_dirs: overrides.screenshot_dirs.or(self.screenshot_dirs),
         }
     }
 
@@ -377,6 +386,8 @@ impl VmSettings {
             nics: self.nics.unwrap_or_default(),
             display,
             display_socket: self.display_socket,
+            sandbox: self.sandbox.unwrap_or(true),
+            screenshot_dirs: self.screenshot_dirs.unwrap_or_default(),
         })
     }
 }
@@ -402,6 +413,10 @@ pub struct VmConfig {
     pub display: Option<DisplaySize>,
     /// Where display clients connect.
     pub display_socket: Option<PathBuf>,
+    /// Whether the worker enters its sandbox (landlock and seccomp) once set up.
+    pub sandbox: bool,
+    /// Where `screenshot` may write, besides nowhere.
+    pub screenshot_dirs: Vec<PathBuf>,
 }
 
 /// Checks that `path` is a non-empty regular file this process can open; the reason says what

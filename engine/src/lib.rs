@@ -13,6 +13,7 @@ pub mod machine;
 pub mod memory;
 pub mod net;
 pub mod protocol;
+pub mod sandbox;
 pub mod vcpu;
 pub mod worker;
 

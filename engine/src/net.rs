@@ -310,6 +310,12 @@ impl NetBackend {
         })
     }
 
+    /// The directory of the passt this worker started for the NIC, if it did; the worker
+    /// removes it at exit.
+    pub fn private_dir(&self) -> Option<&Path> {
+        self._passt.as_ref().map(|passt| passt.dir.as_path())
+    }
+
     pub fn fd(&self) -> RawFd {
         match &self.kind {
             BackendKind::Stream(s) => s.as_raw_fd(),

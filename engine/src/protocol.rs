@@ -209,6 +209,28 @@ pub struct Status {
     pub kernel: String,
     pub uptime_ms: u64,
     pub pid: u32,
+    /// What confines the worker (absent from workers older than the sandbox).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<SandboxStatus>,
+}
+
+/// What the sandbox could enforce on this kernel, for `status` and the log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxStatus {
+    /// `enforced`, `partial` (an older landlock: some rights are not restricted) or
+    /// `unsupported` (the kernel has no landlock), or `off`.
+    pub landlock: String,
+    /// `enforced`, `log` or `off`.
+    pub seccomp: String,
+}
+
+impl SandboxStatus {
+    pub fn off() -> SandboxStatus {
+        SandboxStatus {
+            landlock: "off".into(),
+            seccomp: "off".into(),
+        }
+    }
 }
 
 /// A guest crash, as the `guest-panic` event reported it.

@@ -26,8 +26,9 @@ use crate::display::{damage_from_dirty_pages, DamageRect, Framebuffer, Framebuff
 use crate::machine::{Machine, MachineError};
 use crate::protocol::{
     Command, Crash, DisplayCommand, DisplayEvent, Event, Reply, Request, RequestError, RunState,
-    Stats, Status, StopReason, PROTOCOL_VERSION,
+    SandboxStatus, Stats, Status, StopReason, PROTOCOL_VERSION,
 };
+use crate::sandbox::{SandboxError, SandboxPaths, SeccompMode};
 use crate::vcpu::{install_kick_handler, EventSender, VcpuEvent};
 
 /// Exit status when the guest crashed and no client could be told.
@@ -48,6 +49,8 @@ pub enum WorkerError {
     EventLoop(io::Error),
     #[error(transparent)]
     Framebuffer(#[from] FramebufferError),
+    #[error("{0}; run with --no-sandbox only to debug this")]
+    Sandbox(#[from] SandboxError),
 }
 
 const TOKEN_WAKE: u64 = 0;
@@ -180,6 +183,8 @@ pub struct Worker {
     /// Ticks at [`DAMAGE_INTERVAL`] while a display client is connected, and is disarmed
     /// otherwise, so that a VM nobody watches costs nothing.
     damage_timer: TimerFd,
+    /// What confines the worker, once it entered its sandbox.
+    sandbox: SandboxStatus,
     damage_timer_armed: bool,
 }
 
@@ -264,6 +269,7 @@ impl Worker {
             display_clients: Vec::new(),
             damage_timer,
             damage_timer_armed: false,
+            sandbox: SandboxStatus::off(),
         };
         worker.register_fds().map_err(io_err)?;
         Ok(worker)
@@ -301,6 +307,9 @@ impl Worker {
 
     /// Runs the machine until it powers off or is killed. Returns the process exit status.
     pub fn run(mut self) -> Result<i32, WorkerError> {
+        if self.config.sandbox {
+            self.enter_sandbox()?;
+        }
         self.machine.start(&self.events_tx)?;
         let mut events = vec![EpollEvent::default(); 32];
         loop {
@@ -596,6 +605,9 @@ impl Worker {
                     id,
                     "this VM has no display; start it with --display WIDTHxHEIGHT",
                 ),
+                Some(_) if path.is_absolute() && !self.may_write_screenshot(&path) => {
+                    Reply::error(id, self.screenshot_refusal(&path))
+                }
                 Some(fb) => {
                     match write_png(&path, &fb.snapshot(), fb.width, fb.height, fb.stride) {
                         Ok(()) => Reply::ok(
@@ -614,6 +626,93 @@ impl Worker {
         Ok((reply, Flow::Continue))
     }
 
+    /// Whether the sandbox lets `screenshot` write `path`.
+    fn may_write_screenshot(&self, path: &Path) -> bool {
+        self.sandbox.landlock == "off"
+            || self.sandbox.landlock == "unsupported"
+            || self
+                .config
+                .screenshot_dirs
+                .iter()
+                .any(|dir| path.starts_with(dir))
+    }
+
+    fn screenshot_refusal(&self, path: &Path) -> String {
+        let dirs: Vec<String> = self
+            .config
+            .screenshot_dirs
+            .iter()
+            .map(|dir| dir.display().to_string())
+            .collect();
+        let allowed = if dirs.is_empty() {
+            "nowhere (no --screenshot-dir was given)".to_string()
+        } else {
+            format!("only under {}", dirs.join(", "))
+        };
+        format!(
+            "the worker's sandbox lets it write screenshots {allowed}, not {}; start it with \
+             --screenshot-dir, or save from the display stream as `hangarctl screenshot` does",
+            path.display()
+        )
+    }
+
+    /// What the worker may still reach once the guest runs; see [`crate::sandbox`].
+    fn sandbox_paths(&self) -> SandboxPaths {
+        let mut paths = SandboxPaths::default();
+        paths.read.push(self.config.kernel.clone());
+        paths.read.extend(self.config.initrd.clone());
+        // Per-vCPU CPU time for `stats`.
+        paths.read.push(PathBuf::from("/proc/self/task"));
+        self.attachments.sandbox_paths(&mut paths);
+        // The sockets' directories: the sockets are removed at exit.
+        paths.read_write.extend(
+            self.socket_paths
+                .iter()
+                .filter_map(|path| path.parent().map(Path::to_path_buf)),
+        );
+        paths
+            .read_write
+            .extend(self.config.screenshot_dirs.iter().cloned());
+        if let Some(cache) = crate::arch::x86_64::boot::KernelCache::default().dir() {
+            // Landlock can only name what exists; without the directory the cache just stays
+            // empty after a reboot.
+            let _ = std::fs::create_dir_all(&cache);
+            paths.read_write.push(cache);
+        }
+        paths
+    }
+
+    fn enter_sandbox(&mut self) -> Result<(), WorkerError> {
+        let mode = match std::env::var("HANGAR_SANDBOX").as_deref() {
+            Ok("log") => SeccompMode::Log,
+            _ => SeccompMode::Enforce,
+        };
+        self.sandbox = crate::sandbox::enter(&self.sandbox_paths(), mode)?;
+        if self.sandbox.landlock == "unsupported" {
+            eprintln!(
+                "hangar-vmm: sandbox: landlock is {} on this kernel, so files are not fully confined",
+                self.sandbox.landlock
+            );
+        }
+        // For the sandbox tests only: show from outside what the sandbox does to a call the
+        // filter forbids (`socket`), or to opening a file (`open:PATH`).
+        match std::env::var("HANGAR_SANDBOX_PROBE") {
+            Ok(probe) if probe == "socket" => {
+                // SAFETY: socket(2) with constant arguments; the filter stops the worker here.
+                unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+            }
+            Ok(probe) if probe.starts_with("open:") => {
+                let path = &probe["open:".len()..];
+                match std::fs::File::open(path) {
+                    Ok(_) => eprintln!("hangar-vmm: sandbox probe: open {path}: ok"),
+                    Err(err) => eprintln!("hangar-vmm: sandbox probe: open {path}: {err}"),
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
     fn status(&self) -> Status {
         Status {
             version: PROTOCOL_VERSION,
@@ -624,6 +723,7 @@ impl Worker {
             kernel: self.config.kernel.display().to_string(),
             uptime_ms: self.machine.uptime().as_millis() as u64,
             pid: std::process::id(),
+            sandbox: Some(self.sandbox.clone()),
         }
     }
 

@@ -20,6 +20,7 @@ fn start_with_display(guest: &str, extra: &[&str], dir: &TempDir) -> (Vmm, std::
     let socket = dir.path("display.sock");
     let kernel = tiny_guest(guest).display().to_string();
     let socket_arg = socket.display().to_string();
+    let shots = dir.path("").display().to_string();
     let mut args = vec![
         "--kernel",
         &kernel,
@@ -29,6 +30,8 @@ fn start_with_display(guest: &str, extra: &[&str], dir: &TempDir) -> (Vmm, std::
         "1024x768",
         "--display-socket",
         &socket_arg,
+        "--screenshot-dir",
+        &shots,
     ];
     args.extend_from_slice(extra);
     (Vmm::start(&args, true), socket)
@@ -99,6 +102,19 @@ fn damage_covers_exactly_the_drawn_rows_and_the_memfd_shows_the_pixels() {
         reply["error"].as_str().unwrap().contains("not absolute"),
         "{reply}"
     );
+    // The sandbox keeps screenshots to the --screenshot-dir directories.
+    let elsewhere = std::env::temp_dir().join("hangar-outside-the-sandbox.png");
+    let reply = control.request(json!({"cmd": "screenshot", "path": elsewhere}));
+    assert_eq!(reply["ok"], false);
+    assert!(
+        reply["error"].as_str().unwrap().contains("sandbox")
+            && reply["error"]
+                .as_str()
+                .unwrap()
+                .contains("--screenshot-dir"),
+        "{reply}"
+    );
+    assert!(!elsewhere.exists());
     let missing = dir.path("no-such-dir/shot.png");
     let reply = control.request(json!({"cmd": "screenshot", "path": missing}));
     assert!(

@@ -28,6 +28,9 @@ fn invalid_definitions_are_refused_by_field_and_nothing_is_written() {
     host.ctl_ok(&["define", good.to_str().unwrap()]);
     let before = written(&host);
 
+    // A link in an allowed place that leads out of it.
+    let sneaky = host.dir.path("sneaky-initrd");
+    std::os::unix::fs::symlink("/etc/passwd", &sneaky).unwrap();
     let bad_json = host.dir.path("bad-json.json");
     std::fs::write(&bad_json, "{\"name\": \"x\", \"kernel\": ").unwrap();
     let cases: Vec<(std::path::PathBuf, &str, &str)> = vec![
@@ -56,6 +59,19 @@ fn invalid_definitions_are_refused_by_field_and_nothing_is_written() {
             ),
             "dev.hangar.Error.InvalidDefinition",
             "/nonexistent/vmlinuz",
+        ),
+        (
+            host.definition_file("etc", &json!({"name": "x", "kernel": "/etc/hostname"})),
+            "dev.hangar.Error.InvalidDefinition",
+            "outside the places Hangar reads kernels and images from",
+        ),
+        (
+            host.definition_file(
+                "sneaky",
+                &json!({"name": "x", "kernel": kernel, "initrd": sneaky}),
+            ),
+            "dev.hangar.Error.InvalidDefinition",
+            "field \"initrd\": /etc/passwd: is outside the places",
         ),
         (
             host.definition_file("dup", &json!({"name": "taken", "kernel": kernel})),
@@ -147,7 +163,48 @@ fn volumes_in_use_and_bad_volume_names_are_refused() {
     assert!(message.contains("qcow2 or raw"), "{message}");
     let (error, _, _) = host.ctl_err(&["dumpdef", "nobody"]);
     assert_eq!(error, "dev.hangar.Error.NotFound");
+    // Importing reads only from the places kernels and images may come from.
+    let (error, message, _) = host.ctl_err(&["vol-import", "shadow.img", "/etc/passwd"]);
+    assert_eq!(error, "dev.hangar.Error.InvalidArgument", "{message}");
+    assert!(message.contains("outside the places"), "{message}");
     assert_eq!(written(&host), before);
+}
+
+#[test]
+fn hangard_listens_on_the_session_bus_only() {
+    let host = Host::new();
+    // Every socket hangard holds is a Unix socket: none of its socket inodes is in the
+    // kernel's TCP or UDP tables.
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", host.hangard_pid()))
+        .unwrap()
+        .filter_map(|fd| {
+            let target = std::fs::read_link(fd.ok()?.path()).ok()?;
+            let text = target.to_str()?;
+            Some(
+                text.strip_prefix("socket:[")?
+                    .trim_end_matches(']')
+                    .to_string(),
+            )
+        })
+        .collect();
+    assert!(!inodes.is_empty(), "hangard holds no socket at all");
+    for table in ["tcp", "tcp6", "udp", "udp6"] {
+        let text = std::fs::read_to_string(format!("/proc/net/{table}")).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let inode = line.split_whitespace().nth(9).unwrap_or("");
+            assert!(
+                !inodes.iter().any(|own| own == inode),
+                "hangard has an {table} socket: {line}"
+            );
+        }
+    }
+    let unix = std::fs::read_to_string("/proc/net/unix").unwrap();
+    assert!(
+        inodes.iter().any(|own| unix
+            .lines()
+            .any(|l| l.split_whitespace().nth(6) == Some(own))),
+        "hangard's bus connection is not a Unix socket"
+    );
 }
 
 #[test]

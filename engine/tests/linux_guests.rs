@@ -626,11 +626,19 @@ fn display_check(cache: &std::path::Path, flavor: &str) {
     let dir = TempDir::new("display");
     let socket = dir.path("display.sock");
     let socket_arg = socket.display().to_string();
+    let shots = dir.path("").display().to_string();
     let mut vmm = start_linux(
         cache,
         flavor,
         "display",
-        &["--display", "1024x768", "--display-socket", &socket_arg],
+        &[
+            "--display",
+            "1024x768",
+            "--display-socket",
+            &socket_arg,
+            "--screenshot-dir",
+            &shots,
+        ],
     );
     let mut control = vmm.control();
     let mut client = DisplayClient::connect(&socket);

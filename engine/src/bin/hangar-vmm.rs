@@ -57,6 +57,14 @@ struct Args {
     /// Listen for display clients (framebuffer memfd, damage, input) on this Unix socket.
     #[arg(long)]
     display_socket: Option<PathBuf>,
+    /// Let the `screenshot` control command write PNG files in this directory (repeatable);
+    /// the sandbox allows no other place.
+    #[arg(long = "screenshot-dir")]
+    screenshot_dirs: Vec<PathBuf>,
+    /// Run without the sandbox (landlock and seccomp). For debugging a sandbox violation only;
+    /// see RELIABILITY.md.
+    #[arg(long)]
+    no_sandbox: bool,
     /// Read settings from this JSON file; flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -99,6 +107,8 @@ fn main() -> ExitCode {
         nics: (!args.nics.is_empty()).then_some(args.nics),
         display: args.display,
         display_socket: args.display_socket,
+        sandbox: args.no_sandbox.then_some(false),
+        screenshot_dirs: (!args.screenshot_dirs.is_empty()).then_some(args.screenshot_dirs),
     };
     let result = match &args.config {
         Some(path) => VmSettings::from_file(path).map(|file| file.merge(flags)),

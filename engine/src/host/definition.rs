@@ -350,17 +350,36 @@ impl VmDefinition {
         Ok(())
     }
 
-    /// Checks that the kernel and initrd are readable files.
+    /// Checks that the kernel and initrd are readable files in places Hangar reads from
+    /// (see [`crate::host::locations`]).
     pub fn check_files(&self) -> Result<(), DefinitionError> {
-        crate::config::check_readable_file(&self.kernel).map_err(|reason| {
-            DefinitionError::field("kernel", format!("{}: {reason}", self.kernel.display()))
-        })?;
+        let roots = crate::host::locations::allowed_roots();
+        let check = |field: &str, path: &std::path::Path| {
+            crate::config::check_readable_file(path)
+                .and_then(|()| crate::host::locations::resolve_allowed(path, &roots).map(drop))
+                .map_err(|reason| {
+                    DefinitionError::field(field, format!("{}: {reason}", path.display()))
+                })
+        };
+        check("kernel", &self.kernel)?;
         if let Some(initrd) = &self.initrd {
-            crate::config::check_readable_file(initrd).map_err(|reason| {
-                DefinitionError::field("initrd", format!("{}: {reason}", initrd.display()))
-            })?;
+            check("initrd", initrd)?;
         }
         Ok(())
+    }
+
+    /// Replaces the kernel and initrd paths by their canonical form (symbolic links and `..`
+    /// resolved), so the definition says which file really boots. Paths that do not resolve
+    /// are left for [`VmDefinition::check_files`] to explain.
+    pub fn canonicalize_files(&mut self) {
+        if let Ok(kernel) = std::fs::canonicalize(&self.kernel) {
+            self.kernel = kernel;
+        }
+        if let Some(initrd) = &mut self.initrd {
+            if let Ok(canonical) = std::fs::canonicalize(&*initrd) {
+                *initrd = canonical;
+            }
+        }
     }
 }
 

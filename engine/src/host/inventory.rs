@@ -134,7 +134,8 @@ impl HostError {
             HostError::Storage(err) => match err {
                 StorageError::InvalidName { .. }
                 | StorageError::Format(_)
-                | StorageError::Size(_) => ErrorKind::InvalidArgument,
+                | StorageError::Size(_)
+                | StorageError::Outside { .. } => ErrorKind::InvalidArgument,
                 StorageError::Exists(_) => ErrorKind::NameTaken,
                 StorageError::NotFound(_) => ErrorKind::NotFound,
                 StorageError::NoQemuImg => ErrorKind::Unsupported,
@@ -390,7 +391,8 @@ impl Inventory {
 
     /// Defines a VM from JSON. Nothing is written unless every check passes.
     pub fn define(&self, json: &str) -> Result<Uuid, HostError> {
-        let def = VmDefinition::from_json(json)?;
+        let mut def = VmDefinition::from_json(json)?;
+        def.canonicalize_files();
         def.check_files()?;
         let mut inner = self.lock();
         let uuid = inner.store.define(def)?.uuid;
@@ -406,7 +408,8 @@ impl Inventory {
         json: &str,
         expected_generation: u64,
     ) -> Result<u64, HostError> {
-        let def = VmDefinition::from_json(json)?;
+        let mut def = VmDefinition::from_json(json)?;
+        def.canonicalize_files();
         def.check_files()?;
         let generation = self
             .lock()
@@ -979,8 +982,15 @@ impl Inventory {
         format: &str,
     ) -> Result<Volume, HostError> {
         let format: VolumeFormat = format.parse()?;
+        let roots = crate::host::locations::allowed_roots();
+        let source = crate::host::locations::resolve_allowed(source, &roots).map_err(|reason| {
+            StorageError::Outside {
+                path: source.to_path_buf(),
+                reason,
+            }
+        })?;
         let pool = self.lock().pool.clone();
-        Ok(pool.import(name, source, format)?)
+        Ok(pool.import(name, &source, format)?)
     }
 
     pub fn resize_volume(&self, name: &str, size: u64) -> Result<Volume, HostError> {
@@ -1137,8 +1147,22 @@ mod tests {
         (inventory, events, Scratch(root))
     }
 
+    /// A readable file in a place definitions may name (the temp directory), standing in for
+    /// a kernel: these tests never boot it.
+    fn test_kernel() -> PathBuf {
+        static KERNEL: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+        KERNEL
+            .get_or_init(|| {
+                let path =
+                    std::env::temp_dir().join(format!("hangar-unit-kernel-{}", std::process::id()));
+                std::fs::write(&path, b"not really a kernel").unwrap();
+                path
+            })
+            .clone()
+    }
+
     fn definition(name: &str) -> String {
-        let kernel = std::env::current_exe().unwrap();
+        let kernel = test_kernel();
         format!(
             r#"{{"name":"{name}","kernel":{:?}}}"#,
             kernel.display().to_string()
@@ -1213,7 +1237,7 @@ mod tests {
     #[test]
     fn shared_volumes_are_kept_when_one_vm_goes_with_its_storage() {
         let (inventory, _events, _scratch) = inventory("shared", true);
-        let kernel = std::env::current_exe().unwrap().display().to_string();
+        let kernel = test_kernel().display().to_string();
         let with_disk = |name: &str| {
             format!(
                 r#"{{"name":"{name}","kernel":{kernel:?},"disks":[{{"volume":"shared.img"}}]}}"#

@@ -6,6 +6,7 @@ pub mod api;
 pub mod capabilities;
 pub mod definition;
 pub mod inventory;
+pub mod locations;
 pub mod network;
 pub mod service;
 pub mod stats;

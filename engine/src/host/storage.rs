@@ -38,6 +38,8 @@ pub enum StorageError {
     },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    #[error("{path}: {reason}")]
+    Outside { path: PathBuf, reason: String },
 }
 
 /// A disk image format.

@@ -186,6 +186,11 @@ impl Default for KernelCache {
 }
 
 impl KernelCache {
+    /// The cache's directory, if there is a home to put it in.
+    pub fn dir(&self) -> Option<std::path::PathBuf> {
+        self.dir.clone()
+    }
+
     /// The ELF inside the bzImage `image`, from the cache or freshly unpacked; `None` if the
     /// payload cannot be unpacked. Cache trouble (read-only home, full disk) only costs speed.
     pub fn vmlinux(&self, image: &mut File) -> Option<std::io::Cursor<Vec<u8>>> {
