@@ -263,17 +263,25 @@ impl ControlClient {
                 Err(err) => panic!("cannot connect to {}: {err}", path.display()),
             }
         };
+        // The socket exists from early in the worker's set-up, but the hello only comes once
+        // the machine is built, which includes unpacking a bzImage: slow in the nested lab.
         stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
+            .set_read_timeout(Some(Duration::from_secs(150)))
             .unwrap();
         let mut client = ControlClient {
             reader: BufReader::new(stream.try_clone().unwrap()),
             writer: stream,
             events: Vec::new(),
         };
-        let hello = client.next_message().expect("hello event");
+        let hello = client
+            .next_message()
+            .expect("no hello event within 150 s of connecting");
         assert_eq!(hello["event"], "hello", "{hello}");
         assert_eq!(hello["version"], 1);
+        client
+            .writer
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
         client
     }
 
