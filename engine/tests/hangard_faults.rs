@@ -8,7 +8,6 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use hangar_engine::host::api::{ManagerProxyBlocking, VmProxyBlocking};
 use hangard_env::{process_alive, Host};
 use serde_json::{json, Value};
 use support::{require_kvm, tiny_guest};
@@ -57,16 +56,9 @@ fn hangard_killed_while_writing_leaves_the_old_or_the_new_definition() {
         // A client updates as fast as it can; hangard dies somewhere in the middle.
         let bus = host.bus().unwrap();
         let writer = std::thread::spawn(move || {
-            let manager = ManagerProxyBlocking::new(&bus).unwrap();
-            let Ok(path) = manager.lookup_by_name("precious") else {
+            let Ok(vm) = Host::vm_proxy(&bus, "precious") else {
                 return 0;
             };
-            let vm = VmProxyBlocking::builder(&bus)
-                .path(path)
-                .unwrap()
-                .cache_properties(zbus::proxy::CacheProperties::No)
-                .build()
-                .unwrap();
             let mut acknowledged = 0;
             loop {
                 let Ok(text) = vm.get_definition() else {

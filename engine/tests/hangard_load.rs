@@ -8,7 +8,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use hangar_engine::host::api::{ManagerProxyBlocking, VmProxyBlocking};
+use hangar_engine::host::api::ManagerProxyBlocking;
 use hangard_env::{process_alive, Host};
 use serde_json::{json, Value};
 use support::{require_kvm, tiny_guest};
@@ -42,18 +42,7 @@ fn twenty_vms_start_at_once_and_all_stop() {
 
     // All 20 `hangarctl start` at once.
     let started = Instant::now();
-    let children: Vec<_> = names
-        .iter()
-        .map(|name| host.ctl_command(&["start", name]).output_async())
-        .collect();
-    for (name, child) in names.iter().zip(children) {
-        let output = child.wait_with_output().unwrap();
-        assert!(
-            output.status.success(),
-            "hangarctl start {name}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
+    all_at_once(&host, "start", &names);
     let all_started = started.elapsed();
     let list = host.ctl_json(&["list"]);
     let running: Vec<&str> = list
@@ -96,18 +85,7 @@ fn twenty_vms_start_at_once_and_all_stop() {
     );
 
     // And all stopped at once.
-    let children: Vec<_> = names
-        .iter()
-        .map(|name| host.ctl_command(&["destroy", name]).output_async())
-        .collect();
-    for (name, child) in names.iter().zip(children) {
-        let output = child.wait_with_output().unwrap();
-        assert!(
-            output.status.success(),
-            "hangarctl destroy {name}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
+    all_at_once(&host, "destroy", &names);
     for name in &names {
         assert_eq!(host.state(name).0, "shutoff", "{name}");
     }
@@ -118,17 +96,25 @@ fn twenty_vms_start_at_once_and_all_stop() {
     }
 }
 
-/// Spawns a command with its output piped, for `wait_with_output` later.
-trait OutputAsync {
-    fn output_async(&mut self) -> std::process::Child;
-}
-
-impl OutputAsync for std::process::Command {
-    fn output_async(&mut self) -> std::process::Child {
-        self.stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
+/// Runs `hangarctl VERB NAME` for every name at once; each must succeed.
+fn all_at_once(host: &Host, verb: &str, names: &[String]) {
+    let children: Vec<_> = names
+        .iter()
+        .map(|name| {
+            host.ctl_command(&[verb, name])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (name, child) in names.iter().zip(children) {
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "hangarctl {verb} {name}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
 }
 
@@ -146,13 +132,7 @@ fn counter(definition: &Value) -> u64 {
 fn client(host: &Host, me: &str, shared: &str) -> (u64, u64) {
     let bus = host.bus().unwrap();
     let manager = ManagerProxyBlocking::new(&bus).unwrap();
-    let path = manager.lookup_by_name(shared).unwrap();
-    let vm = VmProxyBlocking::builder(&bus)
-        .path(path)
-        .unwrap()
-        .cache_properties(zbus::proxy::CacheProperties::No)
-        .build()
-        .unwrap();
+    let vm = Host::vm_proxy(&bus, shared).unwrap();
     let (mut increments, mut conflicts) = (0, 0);
     let mut calls = 0;
     while calls < CALLS_PER_CLIENT {

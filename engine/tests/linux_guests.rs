@@ -56,6 +56,17 @@ const BOOT: Duration = Duration::from_secs(150);
 
 /// Starts the worker on a guest-kit kernel with 256 MiB and a control socket.
 fn start_linux(cache: &std::path::Path, flavor: &str, test: &str, extra: &[&str]) -> Vmm {
+    start_linux_wrapped(&[], cache, flavor, test, extra)
+}
+
+/// As [`start_linux`], with the worker started by `wrapper` (see [`Vmm::start_wrapped`]).
+fn start_linux_wrapped(
+    wrapper: &[&str],
+    cache: &std::path::Path,
+    flavor: &str,
+    test: &str,
+    extra: &[&str],
+) -> Vmm {
     let kernel = cache
         .join(format!("vmlinuz-{flavor}"))
         .display()
@@ -76,7 +87,7 @@ fn start_linux(cache: &std::path::Path, flavor: &str, test: &str, extra: &[&str]
         &cmdline,
     ];
     args.extend_from_slice(extra);
-    Vmm::start(&args, true)
+    Vmm::start_wrapped(wrapper, &args, true)
 }
 
 fn boot_and_check(cache: &std::path::Path, flavor: &str) {
@@ -481,23 +492,8 @@ fn a_full_host_disk_is_an_io_error_in_the_guest(cache: &std::path::Path) {
         &script,
     ];
     let disk = format!("path={mount}/full.img");
-    let cmdline = "console=ttyS0 panic=-1 hangar.test=diskfull";
-    let kernel = cache.join("vmlinuz-cloud-amd64").display().to_string();
-    let initrd = cache.join("initrd-cloud-amd64.img").display().to_string();
-    let args = [
-        "--kernel",
-        &kernel,
-        "--initrd",
-        &initrd,
-        "--memory",
-        "256M",
-        "--cmdline",
-        cmdline,
-        "--disk",
-        &disk,
-        "--no-reboot",
-    ];
-    let mut vmm = Vmm::start_wrapped(&wrapper, &args, true);
+    let extra = ["--disk", &disk, "--no-reboot"];
+    let mut vmm = start_linux_wrapped(&wrapper, cache, "cloud-amd64", "diskfull", &extra);
     let mut control = vmm.control();
     let dd = vmm.expect("HANGAR-DD-STATUS=", BOOT);
     assert!(

@@ -170,6 +170,19 @@ impl Host {
         (Some(pid) != self.hangard.as_ref().map(Child::id)).then_some(pid)
     }
 
+    /// A proxy for VM `name` on `bus` that reads properties afresh on every call.
+    pub fn vm_proxy<'a>(
+        bus: &zbus::blocking::Connection,
+        name: &str,
+    ) -> zbus::Result<hangar_engine::host::api::VmProxyBlocking<'a>> {
+        let manager = hangar_engine::host::api::ManagerProxyBlocking::new(bus)?;
+        let path = manager.lookup_by_name(name)?;
+        hangar_engine::host::api::VmProxyBlocking::builder(bus)
+            .path(path)?
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+    }
+
     /// A client connection to this host's bus.
     pub fn bus(&self) -> zbus::Result<zbus::blocking::Connection> {
         zbus::blocking::connection::Builder::address(self.bus_address.as_str())?.build()
