@@ -146,9 +146,8 @@ def main():
     for tool in ("Xvfb", "virt-manager"):
         if subprocess.run(["sh", "-c", f"command -v {tool}"], capture_output=True).returncode:
             sys.exit(f"gui bench: {tool} is missing (apt-get install xvfb virt-manager)")
-    subprocess.run(["cargo", "build", "--release", "--locked", "--bin", "hangar", "--bin",
-                    "hangard", "--bin", "hangarctl", "--bin", "hangar-vmm", "--example",
-                    "empty_window"], cwd=ROOT, check=True)
+    subprocess.run(["cargo", "build", "--release", "--locked", "--workspace", "--bins",
+                    "--example", "empty_window"], cwd=ROOT, check=True)
     tiny = subprocess.run([os.path.join(ROOT, "tests/guests/tiny/build")], check=True,
                           capture_output=True, text=True).stdout.strip().splitlines()[-1]
 
