@@ -802,10 +802,11 @@ impl Worker {
             };
             match command {
                 Ok(DisplayCommand::Key { code, down }) => self.machine.send_key(code, down),
-                // No tablet yet: pointer input is accepted and has nowhere to go.
-                Ok(DisplayCommand::Pointer { .. })
-                | Ok(DisplayCommand::Button { .. })
-                | Ok(DisplayCommand::Wheel { .. }) => {}
+                Ok(DisplayCommand::Pointer { x, y }) => self.machine.send_pointer(x, y),
+                Ok(DisplayCommand::Button { button, down }) => {
+                    self.machine.send_button(button, down)
+                }
+                Ok(DisplayCommand::Wheel { delta }) => self.machine.send_wheel(delta),
                 Err(error) => {
                     if let Some(Some(client)) = self.display_clients.get_mut(index) {
                         client.send(&DisplayEvent::Error { error });
