@@ -581,7 +581,8 @@ fn input_check(cache: &std::path::Path, flavor: &str) {
     }
     assert!(
         !ready.contains("kbd= ") && !ready.trim_end().ends_with("tablet="),
-        "{ready}"
+        "no event node for a virtio-input device: {ready}; console so far:\n{}",
+        vmm.seen.join("\n")
     );
 
     // KEY_A, shift+KEY_Z, and KEY_OK (0x160, past the button range).
