@@ -35,6 +35,11 @@ pub enum Command {
     Stats,
     /// Write the screen as a PNG to `path` (absolute), atomically.
     Screenshot { path: std::path::PathBuf },
+    /// Open a display stream without a display socket: the reply line `{"ok":true}` carries,
+    /// as SCM_RIGHTS ancillary data on its first byte, one end of a new Unix stream connection
+    /// that speaks the display protocol exactly as a connection to `--display-socket` does.
+    /// Read the reply with recvmsg(2), or the descriptor is lost.
+    OpenDisplay,
 }
 
 impl Command {
@@ -48,6 +53,7 @@ impl Command {
         "status",
         "stats",
         "screenshot",
+        "open-display",
     ];
 }
 
