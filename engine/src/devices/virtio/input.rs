@@ -520,6 +520,7 @@ impl VirtioDevice for VirtioInput {
             interrupt: context.interrupt.clone(),
             handle: self.handle.clone(),
         };
+        // If the thread cannot start, dropping the handler marks the device inactive again.
         DeviceThread::spawn(self.name(), kicks, handler, context.interrupt)
     }
 }
@@ -644,13 +645,32 @@ impl InputQueues {
     }
 }
 
+impl InputQueues {
+    /// The device stops serving (an error, a reset, the machine going away): keys go back to
+    /// the i8042 and input for the device is dropped until a driver activates it again.
+    fn deactivate(&self) {
+        let mut state = lock(&self.handle.state);
+        state.active = false;
+        state.listening = false;
+        state.pending.clear();
+    }
+
+    fn checked(&self, result: Result<(), VirtioError>) -> Result<(), VirtioError> {
+        if result.is_err() {
+            self.deactivate();
+        }
+        result
+    }
+}
+
 impl QueueHandler for InputQueues {
     fn queue_kicked(&mut self, index: usize) -> Result<(), VirtioError> {
-        match index {
+        let result = match index {
             EVENTQ => self.fill_eventq(),
             STATUSQ => self.read_statusq(),
             _ => Ok(()),
-        }
+        };
+        self.checked(result)
     }
 
     fn backend_fds(&self) -> Vec<RawFd> {
@@ -659,17 +679,14 @@ impl QueueHandler for InputQueues {
 
     fn backend_ready(&mut self, _index: usize) -> Result<(), VirtioError> {
         let _ = self.handle.wake.read();
-        self.fill_eventq()
+        let result = self.fill_eventq();
+        self.checked(result)
     }
 }
 
 impl Drop for InputQueues {
-    /// The driver reset the device or the machine is going away: keys go back to the i8042.
     fn drop(&mut self) {
-        let mut state = lock(&self.handle.state);
-        state.active = false;
-        state.listening = false;
-        state.pending.clear();
+        self.deactivate();
     }
 }
 
