@@ -27,6 +27,7 @@ use crate::devices::rtc::Cmos;
 use crate::devices::serial::{Console, SerialPort};
 use crate::devices::virtio::balloon::{Balloon, SharedBalloonStats};
 use crate::devices::virtio::block::Block;
+use crate::devices::virtio::input::{InputHandle, InputKind, BTN_LEFT, BTN_MIDDLE, BTN_RIGHT};
 use crate::devices::virtio::net::Net;
 use crate::devices::virtio::pci::{VirtioPciDevice, BAR_SIZE};
 use crate::devices::virtio::rng::Rng;
@@ -34,7 +35,7 @@ use crate::devices::virtio::VirtioDevice;
 use crate::devices::{lock, Buses, InterruptLine};
 use crate::display::Framebuffer;
 use crate::memory::{self, MemoryError};
-use crate::protocol::VcpuStats;
+use crate::protocol::{PointerButton, VcpuStats};
 use crate::vcpu::{EventSender, RunControl, VcpuSet, VcpuThread};
 
 /// Errors building or starting a machine. Each says which step failed.
@@ -63,6 +64,8 @@ pub enum MachineError {
     Msix(#[from] MsixError),
     #[error("no room for another PCI device (the bus or its memory window is full)")]
     PciFull,
+    #[error("cannot set up the virtio-input devices: {0}")]
+    Input(std::io::Error),
 }
 
 fn kvm_step<T>(
@@ -93,6 +96,7 @@ struct MachineParts {
     serial: Arc<Mutex<SerialPort>>,
     pm: Arc<Mutex<PowerManagement>>,
     keyboards: KeyboardRouter,
+    tablet: Option<InputHandle>,
 }
 
 /// Maps the framebuffer into the guest at [`FRAMEBUFFER_START`] with dirty-page logging, so
@@ -193,6 +197,7 @@ pub struct Machine {
     pm: Arc<Mutex<PowerManagement>>,
     balloon_stats: SharedBalloonStats,
     keyboards: KeyboardRouter,
+    tablet: Option<InputHandle>,
     vm: Arc<VmFd>,
     memory: GuestMemoryMmap,
     framebuffer: Option<Arc<Framebuffer>>,
@@ -248,6 +253,7 @@ impl Machine {
             pm: parts.pm,
             balloon_stats: parts.balloon_stats,
             keyboards: parts.keyboards,
+            tablet: parts.tablet,
             vm,
             memory,
             framebuffer,
@@ -308,8 +314,19 @@ impl Machine {
             vm: vm.clone(),
             irq: I8042_KBD_IRQ,
         }))));
-        // A virtio-input keyboard, once there is one, goes in front of the i8042.
         let mut keyboards = KeyboardRouter::default();
+        let mut tablet = None;
+        let mut inputs = Vec::new();
+        // With a screen, a virtio-input keyboard and tablet: keys go to the keyboard once the
+        // guest's driver listens, to the i8042 before that (early boot, guests without it).
+        if framebuffer.is_some() {
+            let keyboard = InputHandle::new(InputKind::Keyboard).map_err(MachineError::Input)?;
+            let pointer = InputHandle::new(InputKind::Tablet).map_err(MachineError::Input)?;
+            keyboards.add(Arc::new(Mutex::new(keyboard.clone())));
+            inputs.push(keyboard);
+            inputs.push(pointer.clone());
+            tablet = Some(pointer);
+        }
         keyboards.add(i8042.clone());
         let mut bus = Buses::default();
         let balloon_stats = SharedBalloonStats::default();
@@ -327,6 +344,9 @@ impl Machine {
                 nic.counters.clone(),
                 nic.mac,
             )));
+        }
+        for input in &inputs {
+            virtio.push(Box::new(input.device()));
         }
         add_pci(&mut bus, &vm, memory, virtio)?;
         bus.pio.insert(COM1_PORT, 8, serial.clone());
@@ -365,6 +385,7 @@ impl Machine {
             serial,
             pm,
             keyboards,
+            tablet,
         })
     }
 
@@ -417,6 +438,33 @@ impl Machine {
     /// Types a key (Linux evdev code) on whichever keyboard the guest has enabled.
     pub fn send_key(&self, evdev: u16, down: bool) {
         self.keyboards.key(evdev, down);
+    }
+
+    /// Moves the tablet's pointer to (`x`, `y`), 0..=32767 on both axes. Without a display
+    /// there is no tablet and nothing happens.
+    pub fn send_pointer(&self, x: u32, y: u32) {
+        if let Some(tablet) = &self.tablet {
+            tablet.pointer(x, y);
+        }
+    }
+
+    /// Presses or releases a tablet button.
+    pub fn send_button(&self, button: PointerButton, down: bool) {
+        if let Some(tablet) = &self.tablet {
+            let code = match button {
+                PointerButton::Left => BTN_LEFT,
+                PointerButton::Middle => BTN_MIDDLE,
+                PointerButton::Right => BTN_RIGHT,
+            };
+            tablet.button(code, down);
+        }
+    }
+
+    /// Turns the tablet's wheel by `delta` steps, positive away from the user.
+    pub fn send_wheel(&self, delta: i32) {
+        if let Some(tablet) = &self.tablet {
+            tablet.wheel(delta);
+        }
     }
 
     /// The framebuffer pages the guest wrote since the last call, one bit per page; `None`

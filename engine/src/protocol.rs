@@ -35,6 +35,11 @@ pub enum Command {
     Stats,
     /// Write the screen as a PNG to `path` (absolute), atomically.
     Screenshot { path: std::path::PathBuf },
+    /// Open a display stream without a display socket: the reply line `{"ok":true}` carries,
+    /// as SCM_RIGHTS ancillary data on its first byte, one end of a new Unix stream connection
+    /// that speaks the display protocol exactly as a connection to `--display-socket` does.
+    /// Read the reply with recvmsg(2), or the descriptor is lost.
+    OpenDisplay,
 }
 
 impl Command {
@@ -48,6 +53,7 @@ impl Command {
         "status",
         "stats",
         "screenshot",
+        "open-display",
     ];
 }
 
@@ -364,15 +370,15 @@ pub const KEY_CODE_MAX: u16 = 0x2ff;
 #[serde(tag = "cmd", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum DisplayCommand {
     /// A key, by Linux evdev code (GTK hardware keycode - 8), pressed or released. It goes to
-    /// whichever keyboard the guest has enabled.
+    /// whichever keyboard the guest has enabled: the virtio-input keyboard once the guest's
+    /// driver listens on it, the i8042 (as a PS/2 scancode) before that.
     Key { code: u16, down: bool },
-    /// Absolute pointer position, 0..=32767 on both axes. Accepted and ignored until the
-    /// machine has a tablet.
+    /// Absolute pointer position, 0..=32767 on both axes, for the virtio-input tablet (ABS_X,
+    /// ABS_Y). Moves the guest has not taken yet merge into the latest one.
     Pointer { x: u32, y: u32 },
-    /// A mouse button. Accepted and ignored until the machine has a tablet.
+    /// A mouse button on the tablet (BTN_LEFT, BTN_MIDDLE, BTN_RIGHT).
     Button { button: PointerButton, down: bool },
-    /// Wheel steps, positive away from the user. Accepted and ignored until the machine has a
-    /// tablet.
+    /// Wheel steps on the tablet (REL_WHEEL), positive away from the user.
     Wheel { delta: i32 },
 }
 

@@ -2,7 +2,7 @@
 //! a single epoll loop. vCPU threads report to it through an event channel.
 
 use std::io::{self, Read};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -514,6 +514,21 @@ impl Worker {
             let (reply, flow) = match line {
                 Line::TooLong => (Reply::error(None, RequestError::TooLong), Flow::Continue),
                 Line::Complete(bytes) => match Request::parse(&bytes) {
+                    Ok(Request {
+                        id,
+                        command: Command::OpenDisplay,
+                    }) => {
+                        let opened = self.open_display();
+                        if let Some(Some(client)) = self.control_clients.get_mut(index) {
+                            match opened {
+                                Ok(fd) => {
+                                    client.send_with_fd(&Reply::ok(id, serde_json::json!({})), fd)
+                                }
+                                Err(err) => client.send(&Reply::error(id, err)),
+                            }
+                        }
+                        continue;
+                    }
                     Ok(request) => self.execute(request)?,
                     Err((id, err)) => (Reply::error(id, err), Flow::Continue),
                 },
@@ -600,6 +615,8 @@ impl Worker {
                 self.stop_machine(StopReason::Killed);
                 return Ok((Reply::ok(id, serde_json::json!({})), Flow::Exit(0)));
             }
+            // Served by serve_control_client, which has the connection to pass the socket on.
+            Command::OpenDisplay => Reply::error(id, "open-display needs a control connection"),
             Command::Screenshot { path } => match &self.framebuffer {
                 None => Reply::error(
                     id,
@@ -828,19 +845,40 @@ impl Worker {
             }
         }
         for client in accepted {
-            let slot = free_slot(&mut self.display_clients);
-            if self
-                .add_fd(
-                    client.stream.as_raw_fd(),
-                    TOKEN_DISPLAY_CLIENT | slot as u64,
-                )
-                .is_ok()
-            {
-                self.display_clients[slot] = Some(client);
-                self.update_display_write_interest(slot);
-            }
+            self.add_display_client(client);
+        }
+    }
+
+    /// Serves a new display client; false if the worker could not watch its socket.
+    fn add_display_client(&mut self, client: DisplayClient) -> bool {
+        let slot = free_slot(&mut self.display_clients);
+        let added = self
+            .add_fd(
+                client.stream.as_raw_fd(),
+                TOKEN_DISPLAY_CLIENT | slot as u64,
+            )
+            .is_ok();
+        if added {
+            self.display_clients[slot] = Some(client);
+            self.update_display_write_interest(slot);
         }
         self.arm_damage_timer();
+        added
+    }
+
+    /// `open-display`: a display stream on a fresh socket pair; the client gets the other end.
+    fn open_display(&mut self) -> Result<OwnedFd, String> {
+        let Some(framebuffer) = &self.framebuffer else {
+            return Err("this VM has no display; start it with --display WIDTHxHEIGHT".into());
+        };
+        let (ours, theirs) = UnixStream::pair()
+            .map_err(|err| format!("cannot create a display connection: {err}"))?;
+        let client = DisplayClient::new(ours, framebuffer)
+            .map_err(|err| format!("cannot start the display connection: {err}"))?;
+        if !self.add_display_client(client) {
+            return Err("the worker cannot watch another display connection".into());
+        }
+        Ok(OwnedFd::from(theirs))
     }
 
     /// Runs the damage timer exactly while someone watches.
@@ -902,10 +940,11 @@ impl Worker {
             };
             match command {
                 Ok(DisplayCommand::Key { code, down }) => self.machine.send_key(code, down),
-                // No tablet yet: pointer input is accepted and has nowhere to go.
-                Ok(DisplayCommand::Pointer { .. })
-                | Ok(DisplayCommand::Button { .. })
-                | Ok(DisplayCommand::Wheel { .. }) => {}
+                Ok(DisplayCommand::Pointer { x, y }) => self.machine.send_pointer(x, y),
+                Ok(DisplayCommand::Button { button, down }) => {
+                    self.machine.send_button(button, down)
+                }
+                Ok(DisplayCommand::Wheel { delta }) => self.machine.send_wheel(delta),
                 Err(error) => {
                     if let Some(Some(client)) = self.display_clients.get_mut(index) {
                         client.send(&DisplayEvent::Error { error });

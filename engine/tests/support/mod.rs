@@ -354,6 +354,44 @@ impl ControlClient {
         std::mem::take(&mut self.events)
     }
 
+    /// `open-display`: returns the display connection passed with the reply (SCM_RIGHTS),
+    /// read with recvmsg(2) since a plain read would drop the descriptor.
+    pub fn open_display(&mut self) -> UnixStream {
+        use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+        assert!(
+            self.reader.buffer().is_empty(),
+            "unread messages before open-display"
+        );
+        self.writer
+            .write_all(b"{\"cmd\":\"open-display\"}\n")
+            .unwrap();
+        let mut text = Vec::new();
+        loop {
+            let mut buf = [0u8; 4096];
+            let (n, file) = self
+                .writer
+                .recv_with_fd(&mut buf)
+                .expect("read the open-display reply");
+            assert!(n > 0, "the worker closed the connection");
+            text.extend_from_slice(&buf[..n]);
+            let lines: Vec<&[u8]> = text.split(|&b| b == b'\n').collect();
+            let (last, complete) = lines.split_last().unwrap();
+            for line in complete {
+                let message: Value = serde_json::from_slice(line).unwrap();
+                if message.get("event").is_some() {
+                    self.events.push(message);
+                    continue;
+                }
+                assert_eq!(message["ok"], true, "open-display failed: {message}");
+                assert!(last.is_empty(), "more after the reply: {last:?}");
+                let file = file.expect("the open-display reply carries a descriptor");
+                return UnixStream::from(std::os::fd::OwnedFd::from(file));
+            }
+            assert!(file.is_none(), "a descriptor came before the reply");
+            text = last.to_vec();
+        }
+    }
+
     pub fn raw_stream(&mut self) -> &mut UnixStream {
         &mut self.writer
     }

@@ -5,6 +5,7 @@
 
 pub mod balloon;
 pub mod block;
+pub mod input;
 pub mod net;
 pub mod pci;
 pub mod rng;
@@ -26,6 +27,7 @@ pub const TYPE_NET: u32 = 1;
 pub const TYPE_BLOCK: u32 = 2;
 pub const TYPE_RNG: u32 = 4;
 pub const TYPE_BALLOON: u32 = 5;
+pub const TYPE_INPUT: u32 = 18;
 
 /// Feature bits every Hangar device offers.
 pub const F_VERSION_1: u64 = 1 << 32;
