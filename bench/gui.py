@@ -46,6 +46,7 @@ class MapWatcher:
     def __init__(self, display):
         self.x = ctypes.CDLL("libX11.so.6")
         self.x.XOpenDisplay.restype = ctypes.c_void_p
+        self.x.XOpenDisplay.argtypes = [ctypes.c_char_p]
         self.x.XDefaultRootWindow.argtypes = [ctypes.c_void_p]
         self.x.XDefaultRootWindow.restype = ctypes.c_ulong
         self.x.XSelectInput.argtypes = [ctypes.c_void_p, ctypes.c_ulong, ctypes.c_long]
@@ -53,7 +54,11 @@ class MapWatcher:
         self.x.XNextEvent.argtypes = [ctypes.c_void_p, ctypes.POINTER(XEvent)]
         self.x.XConnectionNumber.argtypes = [ctypes.c_void_p]
         self.x.XFlush.argtypes = [ctypes.c_void_p]
-        self.dpy = self.x.XOpenDisplay(display.encode())
+        for _ in range(50):
+            self.dpy = self.x.XOpenDisplay(display.encode())
+            if self.dpy:
+                break
+            time.sleep(0.1)
         if not self.dpy:
             sys.exit(f"gui bench: cannot open X display {display}")
         root = self.x.XDefaultRootWindow(self.dpy)
@@ -157,6 +162,8 @@ def main():
                      ("XDG_CACHE_HOME", "cache")):
         env[var] = os.path.join(home, sub)
         os.makedirs(env[var])
+    env["XDG_RUNTIME_DIR"] = os.path.join(home, "run")
+    os.makedirs(env["XDG_RUNTIME_DIR"], mode=0o700)
     env["GSK_RENDERER"] = "cairo"
     env["NO_AT_BRIDGE"] = "1"
     xvfb, display = start_xvfb()
@@ -171,6 +178,8 @@ def main():
                               capture_output=True).returncode == 0:
                 break
             time.sleep(0.1)
+        else:
+            sys.exit("gui bench: hangard did not come up")
         definition = os.path.join(home, "vm.json")
 
         def define(name, guest, display_kind="none"):
