@@ -37,6 +37,9 @@ fuzz_target!(|data: &[u8]| {
     let size = 1u16 << (input.u8() % 9);
     let mode = input.u8();
     let memory = guest_memory();
+    // The mock zeroes the rings' indices when it is made; the guest's bytes go in after.
+    let mock = MockSplitQueue::new(&memory, size);
+    let mut queue: Queue = mock.create_queue().unwrap();
     // The rest is what the guest wrote from address 0: descriptor table, rings, buffers.
     let image = input.rest();
     memory
@@ -45,8 +48,6 @@ fuzz_target!(|data: &[u8]| {
             GuestAddress(0),
         )
         .unwrap();
-    let mock = MockSplitQueue::new(&memory, size);
-    let mut queue: Queue = mock.create_queue().unwrap();
     queue.set_event_idx(mode & 0x80 != 0);
     let block_counters = BlockCounters::default();
     let net_counters = NetCounters::default();
