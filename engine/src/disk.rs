@@ -183,8 +183,9 @@ pub fn parse_qcow2_header(bytes: &[u8], file_len: u64) -> Result<Qcow2Header, St
     let backing_file = if backing_offset == 0 {
         None
     } else {
-        let name = bytes
-            .get(backing_offset..backing_offset + backing_len)
+        let name = backing_offset
+            .checked_add(backing_len)
+            .and_then(|end| bytes.get(backing_offset..end))
             .ok_or("corrupt header: the backing file name lies outside the header")?;
         Some(
             String::from_utf8(name.to_vec())
@@ -196,6 +197,67 @@ pub fn parse_qcow2_header(bytes: &[u8], file_len: u64) -> Result<Qcow2Header, St
         backing_file,
         size: be64(24),
     })
+}
+
+/// Checks that every cluster the file already has is covered by a refcount block. imago, when it
+/// first allocates a cluster in a range whose refcount block is missing, puts a new block at the
+/// start of that range (over the header, for the first range) or recurses until the stack
+/// overflows (found by the qcow2 fuzz target); QEMU calls such an image corrupt. Only writable
+/// images need this: reading never allocates.
+pub fn check_refcount_coverage(file: &File, head: &[u8], file_len: u64) -> Result<(), String> {
+    const HINT: &str = "repair it with qemu-img check -r all";
+    let be32 = |o: usize| u32::from_be_bytes(head[o..o + 4].try_into().unwrap());
+    let be64 = |o: usize| u64::from_be_bytes(head[o..o + 8].try_into().unwrap());
+    let cluster_bits = be32(20);
+    let refcount_order = match be32(4) {
+        2 => 4,
+        _ if head.len() < 104 => return Err("truncated: shorter than a qcow2 v3 header".into()),
+        _ => be32(96),
+    };
+    if refcount_order > 6 {
+        return Err(format!(
+            "corrupt header: {}-bit refcounts",
+            1u64 << refcount_order.min(63)
+        ));
+    }
+    let cluster_size = 1u64 << cluster_bits;
+    let table_offset = be64(48);
+    let table_entries = u64::from(be32(56)) * cluster_size / 8;
+    // Each refcount block covers 2^block_bits clusters.
+    let block_bits = cluster_bits + 3 - refcount_order;
+    let clusters = file_len.div_ceil(cluster_size);
+    let needed = clusters.div_ceil(1 << block_bits);
+    if table_offset % cluster_size != 0
+        || table_offset >= file_len
+        || needed > table_entries
+        || needed * 8 > file_len - table_offset
+    {
+        return Err(format!(
+            "corrupt image: the refcount table does not cover the file; {HINT}"
+        ));
+    }
+    let mut chunk = [0u8; 4096];
+    let mut index = 0u64;
+    while index < needed {
+        let count = (needed - index).min(chunk.len() as u64 / 8) as usize;
+        std::os::unix::fs::FileExt::read_exact_at(
+            file,
+            &mut chunk[..count * 8],
+            table_offset + index * 8,
+        )
+        .map_err(|err| err.to_string())?;
+        for entry in chunk[..count * 8].chunks_exact(8) {
+            if u64::from_be_bytes(entry.try_into().unwrap()) == 0 {
+                let first = index << block_bits;
+                return Err(format!(
+                    "corrupt image: no refcount block for clusters {first} to {}; {HINT}",
+                    first + (1 << block_bits) - 1
+                ));
+            }
+            index += 1;
+        }
+    }
+    Ok(())
 }
 
 /// Reads the start of a file (enough for a qcow2 header and its backing name).
@@ -339,6 +401,9 @@ impl Disk {
         let image = match format {
             DiskFormat::Qcow2 => {
                 parse_qcow2_header(&head, len).map_err(fail)?;
+                if !spec.readonly {
+                    check_refcount_coverage(&lock, &head, len).map_err(fail)?;
+                }
                 let chain = backing_chain(path).map_err(fail)?;
                 let gate = BackingGate { chain };
                 Qcow2::<ImagoFile>::builder_path(path)
@@ -519,9 +584,90 @@ mod tests {
             .unwrap_err()
             .contains("version 7"));
         let mut bad = header(Some("x"));
+        bad[8..16].copy_from_slice(&u64::MAX.to_be_bytes());
+        assert!(parse_qcow2_header(&bad, 1 << 20)
+            .unwrap_err()
+            .contains("backing file name"));
+        let mut bad = header(Some("x"));
         bad[16..20].copy_from_slice(&4000u32.to_be_bytes());
         assert!(parse_qcow2_header(&bad, 1 << 20)
             .unwrap_err()
             .contains("backing file name"));
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("hangar-disk-unit-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// A qcow2 v3 image of four 512-byte clusters: header, refcount table (entry 0 is
+    /// `refblock`), refcount block, L1 table.
+    fn small_qcow2(refblock: u64) -> Vec<u8> {
+        let mut bytes = vec![0u8; 4 * 512];
+        bytes[..4].copy_from_slice(&QCOW2_MAGIC);
+        bytes[4..8].copy_from_slice(&3u32.to_be_bytes());
+        bytes[20..24].copy_from_slice(&9u32.to_be_bytes());
+        bytes[24..32].copy_from_slice(&(64u64 << 10).to_be_bytes());
+        bytes[36..40].copy_from_slice(&1u32.to_be_bytes());
+        bytes[40..48].copy_from_slice(&0x600u64.to_be_bytes());
+        bytes[48..56].copy_from_slice(&0x200u64.to_be_bytes());
+        bytes[56..60].copy_from_slice(&1u32.to_be_bytes());
+        bytes[96..100].copy_from_slice(&4u32.to_be_bytes());
+        bytes[100..104].copy_from_slice(&104u32.to_be_bytes());
+        bytes[0x200..0x208].copy_from_slice(&refblock.to_be_bytes());
+        for cluster in 0..4 {
+            bytes[0x400 + 2 * cluster] = 0;
+            bytes[0x400 + 2 * cluster + 1] = 1;
+        }
+        bytes
+    }
+
+    #[test]
+    fn refcount_tables_must_cover_the_file() {
+        let dir = scratch("refcounts");
+        let path = dir.join("small.qcow2");
+        std::fs::write(&path, small_qcow2(0x400)).unwrap();
+        let file = File::open(&path).unwrap();
+        let (head, len) = read_head(&path).unwrap();
+        assert_eq!(check_refcount_coverage(&file, &head, len), Ok(()));
+        std::fs::write(&path, small_qcow2(0)).unwrap();
+        let err = check_refcount_coverage(&file, &head, len).unwrap_err();
+        assert!(
+            err.contains("no refcount block for clusters 0 to 255"),
+            "{err}"
+        );
+        let mut table_outside = small_qcow2(0x400);
+        table_outside[48..56].copy_from_slice(&0x10000u64.to_be_bytes());
+        std::fs::write(&path, &table_outside).unwrap();
+        let err = check_refcount_coverage(&file, &table_outside, len).unwrap_err();
+        assert!(err.contains("does not cover"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Found by the qcow2 fuzz target: a qemu-img image whose refcount table lost its first
+    /// entry sent imago into endless recursion (a stack overflow) on the first write.
+    #[test]
+    fn an_image_without_a_refcount_block_opens_read_only_but_not_writable() {
+        let dir = scratch("fuzz-refblock");
+        let path = dir.join("image.qcow2");
+        let image = include_bytes!("../tests/data/fuzz/qcow2-refcount-block-missing");
+        // The fuzz input's last byte chose how to attach it; the rest is the image.
+        std::fs::write(&path, &image[..image.len() - 1]).unwrap();
+        let spec = |readonly| DiskSpec {
+            path: path.clone(),
+            format: None,
+            readonly,
+            serial: None,
+        };
+        let err = Disk::open(&spec(false)).err().expect("refused").to_string();
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        assert!(err.contains("qemu-img check -r all"), "{err}");
+        let disk = Disk::open(&spec(true)).unwrap();
+        let mut buffer = vec![0u8; 4096];
+        disk.read_at(&mut buffer, 0).unwrap();
+        drop(disk);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
