@@ -182,7 +182,8 @@ fuzz_target!(|data: &[u8]| {
             continue;
         }
         let data = &req.buffers[1];
-        let offset = req.sector * SECTOR_SIZE;
+        // Only used for reads and writes that succeeded, whose range lies inside the disk.
+        let offset = req.sector.wrapping_mul(SECTOR_SIZE);
         let mut on_disk = vec![0u8; data.len as usize];
         match req.kind {
             T_IN if data.writable => {
