@@ -57,10 +57,8 @@ fn transmit(input: &mut Input) {
         })
     });
     let stats = counters.snapshot();
-    assert_eq!(
-        stats.tx_packets + stats.tx_dropped >= sent.len() as u64,
-        true
-    );
+    // Every frame handed to the back-end is counted, as sent or as dropped.
+    assert!(stats.tx_packets + stats.tx_dropped >= sent.len() as u64);
 }
 
 fn receive(input: &mut Input) {
