@@ -183,8 +183,9 @@ pub fn parse_qcow2_header(bytes: &[u8], file_len: u64) -> Result<Qcow2Header, St
     let backing_file = if backing_offset == 0 {
         None
     } else {
-        let name = bytes
-            .get(backing_offset..backing_offset + backing_len)
+        let name = backing_offset
+            .checked_add(backing_len)
+            .and_then(|end| bytes.get(backing_offset..end))
             .ok_or("corrupt header: the backing file name lies outside the header")?;
         Some(
             String::from_utf8(name.to_vec())
@@ -196,6 +197,194 @@ pub fn parse_qcow2_header(bytes: &[u8], file_len: u64) -> Result<Qcow2Header, St
         backing_file,
         size: be64(24),
     })
+}
+
+/// Checks that every cluster the file already has is covered by a refcount block. imago, when it
+/// first allocates a cluster in a range whose refcount block is missing, puts a new block at the
+/// start of that range (over the header, for the first range) or recurses until the stack
+/// overflows (found by the qcow2 fuzz target); QEMU calls such an image corrupt. Only writable
+/// images need this: reading never allocates.
+pub fn check_refcount_coverage(file: &File, head: &[u8], file_len: u64) -> Result<(), String> {
+    const HINT: &str = "repair it with qemu-img check -r all";
+    let be32 = |o: usize| u32::from_be_bytes(head[o..o + 4].try_into().unwrap());
+    let be64 = |o: usize| u64::from_be_bytes(head[o..o + 8].try_into().unwrap());
+    let cluster_bits = be32(20);
+    let refcount_order = match be32(4) {
+        2 => 4,
+        _ if head.len() < 104 => return Err("truncated: shorter than a qcow2 v3 header".into()),
+        _ => be32(96),
+    };
+    if refcount_order > 6 {
+        return Err(format!(
+            "corrupt header: {}-bit refcounts",
+            1u64 << refcount_order.min(63)
+        ));
+    }
+    let cluster_size = 1u64 << cluster_bits;
+    let table_offset = be64(48);
+    let table_entries = u64::from(be32(56)) * cluster_size / 8;
+    // Each refcount block covers 2^block_bits clusters.
+    let block_bits = cluster_bits + 3 - refcount_order;
+    let clusters = file_len.div_ceil(cluster_size);
+    let needed = clusters.div_ceil(1 << block_bits);
+    if table_offset % cluster_size != 0
+        || table_offset >= file_len
+        || needed > table_entries
+        || needed * 8 > file_len - table_offset
+    {
+        return Err(format!(
+            "corrupt image: the refcount table does not cover the file; {HINT}"
+        ));
+    }
+    let mut chunk = [0u8; 4096];
+    let mut index = 0u64;
+    while index < needed {
+        let count = (needed - index).min(chunk.len() as u64 / 8) as usize;
+        std::os::unix::fs::FileExt::read_exact_at(
+            file,
+            &mut chunk[..count * 8],
+            table_offset + index * 8,
+        )
+        .map_err(|err| err.to_string())?;
+        for entry in chunk[..count * 8].chunks_exact(8) {
+            if u64::from_be_bytes(entry.try_into().unwrap()) == 0 {
+                let first = index << block_bits;
+                return Err(format!(
+                    "corrupt image: no refcount block for clusters {first} to {}; {HINT}",
+                    first + (1 << block_bits) - 1
+                ));
+            }
+            index += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Largest L1 table read by [`check_metadata_refcounts`]; QEMU refuses larger ones too.
+const MAX_L1_BYTES: u64 = 32 << 20;
+
+/// Refcounts of a qcow2 image, read from its refcount table and blocks as they are needed.
+struct Refcounts<'f> {
+    file: &'f File,
+    file_len: u64,
+    cluster_bits: u32,
+    refcount_bits: u64,
+    block_bits: u32,
+    table_offset: u64,
+    table_entries: u64,
+    blocks: std::collections::HashMap<u64, Vec<u8>>,
+}
+
+impl Refcounts<'_> {
+    fn read(&self, buffer: &mut [u8], offset: u64) -> Result<(), String> {
+        if offset.saturating_add(buffer.len() as u64) > self.file_len {
+            return Err(format!(
+                "corrupt image: metadata at offset {offset} lies past the end of the file"
+            ));
+        }
+        std::os::unix::fs::FileExt::read_exact_at(self.file, buffer, offset)
+            .map_err(|err| err.to_string())
+    }
+
+    /// Whether `cluster` has a refcount above zero.
+    fn in_use(&mut self, cluster: u64) -> Result<bool, String> {
+        let table_index = cluster >> self.block_bits;
+        if table_index >= self.table_entries {
+            return Ok(false);
+        }
+        let mut entry = [0u8; 8];
+        self.read(&mut entry, self.table_offset + table_index * 8)?;
+        let block = u64::from_be_bytes(entry) & !((1 << self.cluster_bits) - 1);
+        if block == 0 {
+            return Ok(false);
+        }
+        if !self.blocks.contains_key(&block) {
+            let mut bytes = vec![0u8; 1 << self.cluster_bits];
+            self.read(&mut bytes, block)?;
+            self.blocks.insert(block, bytes);
+        }
+        let bytes = &self.blocks[&block];
+        let index = cluster & ((1 << self.block_bits) - 1);
+        let bit = index * self.refcount_bits;
+        let byte = (bit / 8) as usize;
+        Ok(if self.refcount_bits < 8 {
+            (bytes[byte] >> (bit % 8)) & ((1u8 << self.refcount_bits) - 1) != 0
+        } else {
+            bytes[byte..byte + (self.refcount_bits / 8) as usize]
+                .iter()
+                .any(|&b| b != 0)
+        })
+    }
+
+    /// Fails unless every cluster of `[offset, offset + len)` is in use.
+    fn require(&mut self, what: &str, offset: u64, len: u64) -> Result<(), String> {
+        let first = offset >> self.cluster_bits;
+        let last = (offset + len.max(1) - 1) >> self.cluster_bits;
+        for cluster in first..=last {
+            if !self.in_use(cluster)? {
+                return Err(format!(
+                    "corrupt image: the {what} (cluster {cluster}) has a refcount of 0, so a write would overwrite it; repair it with qemu-img check -r all"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks that the image's metadata (header, refcount table and blocks, L1 and L2 tables) is
+/// all counted as in use. imago allocates new clusters where the refcount is 0, so an image
+/// whose refcounts miss its own metadata would have it overwritten by the first writes, and
+/// the guest's data would be lost (found by the qcow2 fuzz target). QEMU guards against the
+/// same with its overlap checks. Data clusters are not checked: that needs every L2 table.
+pub fn check_metadata_refcounts(file: &File, head: &[u8], file_len: u64) -> Result<(), String> {
+    check_refcount_coverage(file, head, file_len)?;
+    let be32 = |o: usize| u32::from_be_bytes(head[o..o + 4].try_into().unwrap());
+    let be64 = |o: usize| u64::from_be_bytes(head[o..o + 8].try_into().unwrap());
+    let cluster_bits = be32(20);
+    let refcount_order = if be32(4) == 2 { 4 } else { be32(96) };
+    let cluster_size = 1u64 << cluster_bits;
+    let mut refcounts = Refcounts {
+        file,
+        file_len,
+        cluster_bits,
+        refcount_bits: 1 << refcount_order,
+        block_bits: cluster_bits + 3 - refcount_order,
+        table_offset: be64(48),
+        table_entries: u64::from(be32(56)) * cluster_size / 8,
+        blocks: std::collections::HashMap::new(),
+    };
+    refcounts.require("header", 0, 1)?;
+    refcounts.require(
+        "refcount table",
+        refcounts.table_offset,
+        u64::from(be32(56)) * cluster_size,
+    )?;
+    let needed = file_len
+        .div_ceil(cluster_size)
+        .div_ceil(1 << refcounts.block_bits);
+    for index in 0..needed {
+        let mut entry = [0u8; 8];
+        refcounts.read(&mut entry, refcounts.table_offset + index * 8)?;
+        let block = u64::from_be_bytes(entry) & !(cluster_size - 1);
+        refcounts.require("refcount block", block, 1)?;
+    }
+    let l1_offset = be64(40);
+    let l1_bytes = u64::from(be32(36)) * 8;
+    if l1_bytes > MAX_L1_BYTES {
+        return Err(format!(
+            "corrupt header: an L1 table of {l1_bytes} bytes (at most {MAX_L1_BYTES} are allowed)"
+        ));
+    }
+    refcounts.require("L1 table", l1_offset, l1_bytes)?;
+    let mut l1 = vec![0u8; l1_bytes as usize];
+    refcounts.read(&mut l1, l1_offset)?;
+    for entry in l1.chunks_exact(8) {
+        let l2 = u64::from_be_bytes(entry.try_into().unwrap()) & 0x00ff_ffff_ffff_fe00;
+        if l2 != 0 {
+            refcounts.require("L2 table", l2, 1)?;
+        }
+    }
+    Ok(())
 }
 
 /// Reads the start of a file (enough for a qcow2 header and its backing name).
@@ -339,6 +528,9 @@ impl Disk {
         let image = match format {
             DiskFormat::Qcow2 => {
                 parse_qcow2_header(&head, len).map_err(fail)?;
+                if !spec.readonly {
+                    check_metadata_refcounts(&lock, &head, len).map_err(fail)?;
+                }
                 let chain = backing_chain(path).map_err(fail)?;
                 let gate = BackingGate { chain };
                 Qcow2::<ImagoFile>::builder_path(path)
@@ -519,9 +711,146 @@ mod tests {
             .unwrap_err()
             .contains("version 7"));
         let mut bad = header(Some("x"));
+        bad[8..16].copy_from_slice(&u64::MAX.to_be_bytes());
+        assert!(parse_qcow2_header(&bad, 1 << 20)
+            .unwrap_err()
+            .contains("backing file name"));
+        let mut bad = header(Some("x"));
         bad[16..20].copy_from_slice(&4000u32.to_be_bytes());
         assert!(parse_qcow2_header(&bad, 1 << 20)
             .unwrap_err()
             .contains("backing file name"));
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("hangar-disk-unit-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// A qcow2 v3 image of four 512-byte clusters: header, refcount table (entry 0 is
+    /// `refblock`), refcount block, L1 table.
+    fn small_qcow2(refblock: u64) -> Vec<u8> {
+        let mut bytes = vec![0u8; 4 * 512];
+        bytes[..4].copy_from_slice(&QCOW2_MAGIC);
+        bytes[4..8].copy_from_slice(&3u32.to_be_bytes());
+        bytes[20..24].copy_from_slice(&9u32.to_be_bytes());
+        bytes[24..32].copy_from_slice(&(64u64 << 10).to_be_bytes());
+        bytes[36..40].copy_from_slice(&1u32.to_be_bytes());
+        bytes[40..48].copy_from_slice(&0x600u64.to_be_bytes());
+        bytes[48..56].copy_from_slice(&0x200u64.to_be_bytes());
+        bytes[56..60].copy_from_slice(&1u32.to_be_bytes());
+        bytes[96..100].copy_from_slice(&4u32.to_be_bytes());
+        bytes[100..104].copy_from_slice(&104u32.to_be_bytes());
+        bytes[0x200..0x208].copy_from_slice(&refblock.to_be_bytes());
+        for cluster in 0..4 {
+            bytes[0x400 + 2 * cluster] = 0;
+            bytes[0x400 + 2 * cluster + 1] = 1;
+        }
+        bytes
+    }
+
+    #[test]
+    fn refcount_tables_must_cover_the_file() {
+        let dir = scratch("refcounts");
+        let path = dir.join("small.qcow2");
+        std::fs::write(&path, small_qcow2(0x400)).unwrap();
+        let file = File::open(&path).unwrap();
+        let (head, len) = read_head(&path).unwrap();
+        assert_eq!(check_refcount_coverage(&file, &head, len), Ok(()));
+        std::fs::write(&path, small_qcow2(0)).unwrap();
+        let err = check_refcount_coverage(&file, &head, len).unwrap_err();
+        assert!(
+            err.contains("no refcount block for clusters 0 to 255"),
+            "{err}"
+        );
+        let mut table_outside = small_qcow2(0x400);
+        table_outside[48..56].copy_from_slice(&0x10000u64.to_be_bytes());
+        std::fs::write(&path, &table_outside).unwrap();
+        let err = check_refcount_coverage(&file, &table_outside, len).unwrap_err();
+        assert!(err.contains("does not cover"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Found by the qcow2 fuzz target: a qemu-img image whose refcount table lost its first
+    /// entry sent imago into endless recursion (a stack overflow) on the first write.
+    #[test]
+    fn an_image_without_a_refcount_block_opens_read_only_but_not_writable() {
+        let dir = scratch("fuzz-refblock");
+        let path = dir.join("image.qcow2");
+        let image = include_bytes!("../tests/data/fuzz/qcow2-refcount-block-missing");
+        // The fuzz input's last byte chose how to attach it; the rest is the image.
+        std::fs::write(&path, &image[..image.len() - 1]).unwrap();
+        let spec = |readonly| DiskSpec {
+            path: path.clone(),
+            format: None,
+            readonly,
+            serial: None,
+        };
+        let err = Disk::open(&spec(false)).err().expect("refused").to_string();
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        assert!(err.contains("qemu-img check -r all"), "{err}");
+        let disk = Disk::open(&spec(true)).unwrap();
+        let mut buffer = vec![0u8; 4096];
+        disk.read_at(&mut buffer, 0).unwrap();
+        drop(disk);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn metadata_must_be_counted_in_use() {
+        let dir = scratch("metadata-refcounts");
+        let path = dir.join("small.qcow2");
+        std::fs::write(&path, small_qcow2(0x400)).unwrap();
+        let file = File::open(&path).unwrap();
+        let (head, len) = read_head(&path).unwrap();
+        assert_eq!(check_metadata_refcounts(&file, &head, len), Ok(()));
+        for (cluster, what) in [
+            (0, "header"),
+            (1, "refcount table"),
+            (2, "refcount block"),
+            (3, "L1 table"),
+        ] {
+            let mut image = small_qcow2(0x400);
+            image[0x400 + 2 * cluster + 1] = 0;
+            std::fs::write(&path, &image).unwrap();
+            let err = check_metadata_refcounts(&file, &head, len).unwrap_err();
+            assert!(
+                err.contains(&format!("the {what} (cluster {cluster})")),
+                "{err}"
+            );
+        }
+        // An L2 table the L1 table points to, not counted.
+        let mut image = small_qcow2(0x400);
+        image[0x600..0x608].copy_from_slice(&(0x8000_0000_0000_0000u64 | 0x800).to_be_bytes());
+        image.resize(5 * 512, 0);
+        std::fs::write(&path, &image).unwrap();
+        let err = check_metadata_refcounts(&file, &head, image.len() as u64).unwrap_err();
+        assert!(err.contains("the L2 table (cluster 4)"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Found by the qcow2 fuzz target: an image whose refcount block counts none of its own
+    /// metadata opened writable, imago put new clusters over it, and a write the guest made
+    /// read back as zeros.
+    #[test]
+    fn an_image_whose_metadata_has_no_refcount_is_not_opened_writable() {
+        let dir = scratch("fuzz-metadata");
+        let path = dir.join("image.qcow2");
+        let image = include_bytes!("../tests/data/fuzz/qcow2-metadata-refcount-zero");
+        std::fs::write(&path, &image[..image.len() - 1]).unwrap();
+        let spec = DiskSpec {
+            path: path.clone(),
+            format: None,
+            readonly: false,
+            serial: None,
+        };
+        let err = Disk::open(&spec).err().expect("refused").to_string();
+        assert!(
+            err.contains("the header (cluster 0) has a refcount of 0"),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

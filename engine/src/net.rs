@@ -217,6 +217,14 @@ pub fn passt_args(
     args
 }
 
+/// One frame as passt's stream carries it: its length, 4 bytes big-endian, then the frame.
+pub fn stream_frame(frame: &[u8]) -> Vec<u8> {
+    let mut framed = Vec::with_capacity(4 + frame.len());
+    framed.extend_from_slice(&(frame.len() as u32).to_be_bytes());
+    framed.extend_from_slice(frame);
+    framed
+}
+
 /// Splits passt's byte stream into frames.
 #[derive(Default)]
 pub struct FrameReader {
@@ -362,12 +370,7 @@ impl NetBackend {
     pub fn send(&mut self, frame: &[u8]) -> io::Result<()> {
         match &mut self.kind {
             BackendKind::Tap(file) => write_waiting(file, frame),
-            BackendKind::Stream(stream) => {
-                let mut framed = Vec::with_capacity(4 + frame.len());
-                framed.extend_from_slice(&(frame.len() as u32).to_be_bytes());
-                framed.extend_from_slice(frame);
-                write_waiting(stream, &framed)
-            }
+            BackendKind::Stream(stream) => write_waiting(stream, &stream_frame(frame)),
         }
     }
 }
@@ -550,5 +553,17 @@ mod tests {
         assert_eq!(reader.next_frame().unwrap(), Some(b"z".to_vec()));
         reader.push(&[0xff, 0xff, 0xff, 0xff]);
         assert!(reader.next_frame().is_err());
+    }
+
+    #[test]
+    fn frames_over_the_cap_are_refused_before_they_are_buffered() {
+        let mut reader = FrameReader::default();
+        reader.push(&stream_frame(&vec![7u8; MAX_FRAME]));
+        assert_eq!(
+            reader.next_frame().unwrap().map(|f| f.len()),
+            Some(MAX_FRAME)
+        );
+        reader.push(&((MAX_FRAME + 1) as u32).to_be_bytes());
+        assert!(reader.next_frame().unwrap_err().contains("corrupt"));
     }
 }

@@ -19,8 +19,10 @@ use crate::protocol::DiskStats;
 
 const QUEUE_SIZE: u16 = 256;
 pub const SECTOR_SIZE: u64 = 512;
-/// Largest data transfer served in one request; Linux stays far below it.
-const MAX_TRANSFER: usize = 64 << 20;
+/// Largest data transfer served in one request, so that a guest cannot make the worker allocate
+/// without bound; a larger request fails with an I/O error. Linux stays far below it (its
+/// requests are at most a few MiB).
+pub const MAX_TRANSFER: usize = 64 << 20;
 /// Discard and write-zeroes ranges per request.
 const MAX_DISCARD_SEGMENTS: u32 = 32;
 /// Sectors per discard or write-zeroes range.
@@ -33,16 +35,16 @@ const F_FLUSH: u64 = 1 << 9;
 const F_DISCARD: u64 = 1 << 13;
 const F_WRITE_ZEROES: u64 = 1 << 14;
 
-const T_IN: u32 = 0;
-const T_OUT: u32 = 1;
-const T_FLUSH: u32 = 4;
-const T_GET_ID: u32 = 8;
-const T_DISCARD: u32 = 11;
-const T_WRITE_ZEROES: u32 = 13;
+pub const T_IN: u32 = 0;
+pub const T_OUT: u32 = 1;
+pub const T_FLUSH: u32 = 4;
+pub const T_GET_ID: u32 = 8;
+pub const T_DISCARD: u32 = 11;
+pub const T_WRITE_ZEROES: u32 = 13;
 
-const S_OK: u8 = 0;
-const S_IOERR: u8 = 1;
-const S_UNSUPP: u8 = 2;
+pub const S_OK: u8 = 0;
+pub const S_IOERR: u8 = 1;
+pub const S_UNSUPP: u8 = 2;
 
 /// Counters `stats` reports for one disk.
 #[derive(Default)]
@@ -187,8 +189,9 @@ fn malformed(reason: impl ToString) -> VirtioError {
 }
 
 /// Serves one request; returns the bytes written into the chain (data plus the status byte).
-/// A request that does not follow the protocol is an error; a failing disk is an I/O status.
-fn serve_request(
+/// A request that does not follow the protocol is an error; a failing disk, a range outside it
+/// or a transfer over [`MAX_TRANSFER`] is an I/O status.
+pub fn serve_request(
     chain: Chain<'_>,
     memory: &GuestMemoryMmap,
     disk: &Mutex<Disk>,
@@ -260,7 +263,8 @@ fn read(
     counters: &BlockCounters,
 ) -> Result<(u8, u32), VirtioError> {
     if len > MAX_TRANSFER {
-        return Err(malformed(format!("a read of {len} bytes")));
+        counters.errors.fetch_add(1, Ordering::Relaxed);
+        return Ok((S_IOERR, 0));
     }
     let Some(offset) = byte_range(header.sector, len as u64, disk) else {
         return Ok((S_IOERR, 0));
@@ -284,7 +288,8 @@ fn write(
 ) -> Result<u8, VirtioError> {
     let len = reader.available_bytes();
     if len > MAX_TRANSFER {
-        return Err(malformed(format!("a write of {len} bytes")));
+        counters.errors.fetch_add(1, Ordering::Relaxed);
+        return Ok(S_IOERR);
     }
     if disk.readonly {
         return Ok(S_IOERR);
@@ -507,6 +512,37 @@ mod tests {
             desc(STATUS, 1, WRITE),
         ]);
         assert_eq!(result.unwrap(), 1);
+    }
+
+    #[test]
+    fn transfers_over_the_cap_are_io_errors_not_allocations() {
+        let f = fixture(false);
+        // Room for a transfer just over the cap; the mapping is never touched.
+        let size = MAX_TRANSFER + (1 << 20);
+        let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size)]).unwrap();
+        let len = (MAX_TRANSFER + 512) as u32;
+        for (kind, data_flags) in [(T_IN, WRITE), (T_OUT, 0)] {
+            let mut header = [0u8; 16];
+            header[0..4].copy_from_slice(&kind.to_le_bytes());
+            memory.write_slice(&header, GuestAddress(HEADER)).unwrap();
+            memory.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
+            let queue = MockSplitQueue::new(&memory, 16);
+            let chain = queue
+                .build_desc_chain(&[
+                    desc(HEADER, 16, 0),
+                    desc(DATA + 0x2_0000, len, data_flags),
+                    desc(STATUS, 1, WRITE),
+                ])
+                .unwrap();
+            let written = serve_request(chain, &memory, &f.disk, &f.counters).unwrap();
+            let status: u8 = memory.read_obj(GuestAddress(STATUS)).unwrap();
+            assert_eq!((written, status), (1, S_IOERR), "request type {kind}");
+        }
+        let stats = f.counters.snapshot(std::path::Path::new(""));
+        assert_eq!(
+            (stats.errors, stats.read_bytes, stats.write_bytes),
+            (2, 0, 0)
+        );
     }
 
     #[test]

@@ -22,7 +22,7 @@ const RX: usize = 0;
 const TX: usize = 1;
 /// virtio_net_hdr_v1: flags, gso type, header length, gso size, checksum start and offset,
 /// number of buffers.
-const HEADER_LEN: usize = 12;
+pub const HEADER_LEN: usize = 12;
 const MTU: u16 = (MAX_FRAME - 16) as u16;
 
 const F_MTU: u64 = 1 << 3;
@@ -153,11 +153,11 @@ fn receive_buffer<'m>(
     rx: &mut Queue,
     memory: &'m GuestMemoryMmap,
 ) -> Result<Option<super::Chain<'m>>, VirtioError> {
-    if let Some(chain) = rx.pop_descriptor_chain(memory) {
+    if let Some(chain) = super::pop_chain(rx, memory, RX)? {
         return Ok(Some(chain));
     }
     if rx.enable_notification(memory).map_err(malformed(RX))? {
-        return Ok(rx.pop_descriptor_chain(memory));
+        return super::pop_chain(rx, memory, RX);
     }
     Ok(None)
 }
@@ -189,32 +189,7 @@ impl NetQueues {
                 break;
             };
             let head = chain.head_index();
-            let mut writer = chain
-                .writer(&self.memory)
-                .map_err(|err| VirtioError::Request {
-                    queue: RX,
-                    reason: err.to_string(),
-                })?;
-            let written = if writer.available_bytes() < HEADER_LEN + frame.len() {
-                // A buffer too small for the frame: drop it, as a NIC does.
-                self.counters.rx_dropped.fetch_add(1, Ordering::Relaxed);
-                0
-            } else {
-                let mut header = [0u8; HEADER_LEN];
-                header[10..12].copy_from_slice(&1u16.to_le_bytes());
-                writer
-                    .write_all(&header)
-                    .and_then(|()| writer.write_all(&frame))
-                    .map_err(|err| VirtioError::Request {
-                        queue: RX,
-                        reason: err.to_string(),
-                    })?;
-                self.counters.rx_packets.fetch_add(1, Ordering::Relaxed);
-                self.counters
-                    .rx_bytes
-                    .fetch_add(frame.len() as u64, Ordering::Relaxed);
-                (HEADER_LEN + frame.len()) as u32
-            };
+            let written = receive_into(chain, &self.memory, &frame, &self.counters)?;
             self.rx
                 .add_used(&self.memory, head, written)
                 .map_err(malformed(RX))?;
@@ -242,34 +217,82 @@ impl NetQueues {
             ..
         } = self;
         drain_queue(tx, memory, TX, interrupt, |chain| {
-            let mut reader = chain.reader(memory).map_err(|err| VirtioError::Request {
-                queue: TX,
-                reason: err.to_string(),
-            })?;
-            let len = reader.available_bytes();
-            if !(HEADER_LEN..=HEADER_LEN + MAX_FRAME).contains(&len) {
-                counters.tx_dropped.fetch_add(1, Ordering::Relaxed);
-                return Ok(0);
-            }
-            let mut packet = vec![0u8; len];
-            reader
-                .read_exact(&mut packet)
-                .map_err(|err| VirtioError::Request {
-                    queue: TX,
-                    reason: err.to_string(),
-                })?;
-            let frame = &packet[HEADER_LEN..];
-            if *dead || lock(backend).send(frame).is_err() {
-                counters.tx_dropped.fetch_add(1, Ordering::Relaxed);
-            } else {
-                counters.tx_packets.fetch_add(1, Ordering::Relaxed);
-                counters
-                    .tx_bytes
-                    .fetch_add(frame.len() as u64, Ordering::Relaxed);
-            }
-            Ok(0)
+            transmit_chain(chain, memory, counters, |frame| {
+                !*dead && lock(backend).send(frame).is_ok()
+            })
         })
     }
+}
+
+/// Puts one frame, behind its virtio-net header, into one receive buffer; returns the bytes
+/// written. A buffer too small for the frame drops it, as a NIC does.
+pub fn receive_into(
+    chain: super::Chain<'_>,
+    memory: &GuestMemoryMmap,
+    frame: &[u8],
+    counters: &NetCounters,
+) -> Result<u32, VirtioError> {
+    let request = |err: virtio_queue::Error| VirtioError::Request {
+        queue: RX,
+        reason: err.to_string(),
+    };
+    super::check_chain_length(&chain, RX)?;
+    let mut writer = chain.writer(memory).map_err(request)?;
+    if frame.len() > MAX_FRAME || writer.available_bytes() < HEADER_LEN + frame.len() {
+        counters.rx_dropped.fetch_add(1, Ordering::Relaxed);
+        return Ok(0);
+    }
+    let mut header = [0u8; HEADER_LEN];
+    header[10..12].copy_from_slice(&1u16.to_le_bytes());
+    writer
+        .write_all(&header)
+        .and_then(|()| writer.write_all(frame))
+        .map_err(|err| VirtioError::Request {
+            queue: RX,
+            reason: err.to_string(),
+        })?;
+    counters.rx_packets.fetch_add(1, Ordering::Relaxed);
+    counters
+        .rx_bytes
+        .fetch_add(frame.len() as u64, Ordering::Relaxed);
+    Ok((HEADER_LEN + frame.len()) as u32)
+}
+
+/// Takes one frame the guest sent (a virtio-net header, then the frame) and hands it to `send`,
+/// which says whether the back-end took it. A chain shorter than the header or longer than
+/// the header plus [`MAX_FRAME`] is dropped without reading it, so a frame never takes more
+/// memory than that.
+pub fn transmit_chain(
+    chain: super::Chain<'_>,
+    memory: &GuestMemoryMmap,
+    counters: &NetCounters,
+    send: impl FnOnce(&[u8]) -> bool,
+) -> Result<u32, VirtioError> {
+    let request = |err: std::io::Error| VirtioError::Request {
+        queue: TX,
+        reason: err.to_string(),
+    };
+    let mut reader = chain.reader(memory).map_err(|err| VirtioError::Request {
+        queue: TX,
+        reason: err.to_string(),
+    })?;
+    let len = reader.available_bytes();
+    if !(HEADER_LEN..=HEADER_LEN + MAX_FRAME).contains(&len) {
+        counters.tx_dropped.fetch_add(1, Ordering::Relaxed);
+        return Ok(0);
+    }
+    let mut packet = vec![0u8; len];
+    reader.read_exact(&mut packet).map_err(request)?;
+    let frame = &packet[HEADER_LEN..];
+    if send(frame) {
+        counters.tx_packets.fetch_add(1, Ordering::Relaxed);
+        counters
+            .tx_bytes
+            .fetch_add(frame.len() as u64, Ordering::Relaxed);
+    } else {
+        counters.tx_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(0)
 }
 
 impl QueueHandler for NetQueues {
@@ -286,5 +309,90 @@ impl QueueHandler for NetQueues {
 
     fn backend_ready(&mut self, _index: usize) -> Result<(), VirtioError> {
         self.receive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use virtio_bindings::bindings::virtio_ring::VRING_DESC_F_WRITE;
+    use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Bytes, GuestAddress};
+
+    const HEADER: u64 = 0x1_0000;
+    const DATA: u64 = 0x2_0000;
+    const WRITE: u16 = VRING_DESC_F_WRITE as u16;
+
+    fn memory() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x20_0000)]).unwrap()
+    }
+
+    fn desc(addr: u64, len: u32, flags: u16) -> RawDescriptor {
+        RawDescriptor::from(Descriptor::new(addr, len, flags, 0))
+    }
+
+    #[test]
+    fn transmit_sends_the_frame_behind_the_header() {
+        let memory = memory();
+        memory.write_slice(b"frame", GuestAddress(DATA)).unwrap();
+        let queue = MockSplitQueue::new(&memory, 16);
+        let chain = queue
+            .build_desc_chain(&[desc(HEADER, HEADER_LEN as u32, 0), desc(DATA, 5, 0)])
+            .unwrap();
+        let counters = NetCounters::default();
+        let mut sent = Vec::new();
+        transmit_chain(chain, &memory, &counters, |frame| {
+            sent.push(frame.to_vec());
+            true
+        })
+        .unwrap();
+        assert_eq!(sent, vec![b"frame".to_vec()]);
+        assert_eq!(counters.snapshot().tx_bytes, 5);
+    }
+
+    #[test]
+    fn transmitted_frames_over_the_cap_are_dropped_unread() {
+        let memory = memory();
+        let queue = MockSplitQueue::new(&memory, 16);
+        let chain = queue
+            .build_desc_chain(&[
+                desc(HEADER, HEADER_LEN as u32, 0),
+                desc(DATA, MAX_FRAME as u32 + 1, 0),
+            ])
+            .unwrap();
+        let counters = NetCounters::default();
+        let written = transmit_chain(chain, &memory, &counters, |_| panic!("sent")).unwrap();
+        assert_eq!(written, 0);
+        assert_eq!(counters.snapshot().tx_dropped, 1);
+    }
+
+    #[test]
+    fn received_frames_get_a_header_or_are_dropped_when_they_do_not_fit() {
+        let memory = memory();
+        let counters = NetCounters::default();
+        let queue = MockSplitQueue::new(&memory, 16);
+        let chain = queue.build_desc_chain(&[desc(DATA, 1526, WRITE)]).unwrap();
+        let written = receive_into(chain, &memory, b"hello", &counters).unwrap();
+        assert_eq!(written as usize, HEADER_LEN + 5);
+        let mut bytes = [0u8; HEADER_LEN + 5];
+        memory.read_slice(&mut bytes, GuestAddress(DATA)).unwrap();
+        assert_eq!(&bytes[10..12], &1u16.to_le_bytes(), "num_buffers");
+        assert_eq!(&bytes[HEADER_LEN..], b"hello");
+        // A buffer too small, and a frame over the cap however big the buffer.
+        let chain = queue.build_desc_chain(&[desc(DATA, 16, WRITE)]).unwrap();
+        assert_eq!(
+            receive_into(chain, &memory, b"hello", &counters).unwrap(),
+            0
+        );
+        let chain = queue
+            .build_desc_chain(&[desc(DATA, 0x10_0000, WRITE)])
+            .unwrap();
+        let too_big = vec![0u8; MAX_FRAME + 1];
+        assert_eq!(
+            receive_into(chain, &memory, &too_big, &counters).unwrap(),
+            0
+        );
+        assert_eq!(counters.snapshot().rx_dropped, 2);
     }
 }

@@ -54,6 +54,13 @@ struct QueueSettings {
     device: u64,
 }
 
+/// The queue size a driver may set: a power of two no larger than the device's maximum (split
+/// virtqueues, virtio 1.2, 2.7). Anything else is ignored, so the ring the device walks is never
+/// larger than the device allows, and the driver reads back the size in force.
+pub fn accepted_queue_size(requested: u16, max: u16) -> Option<u16> {
+    (requested.is_power_of_two() && requested <= max).then_some(requested)
+}
+
 /// A virtio device on PCI.
 pub struct VirtioPciDevice {
     config: PciConfig,
@@ -237,8 +244,16 @@ impl VirtioPciDevice {
             0x14 => self.write_status(value as u8),
             0x16 => self.queue_select = value as u16,
             0x18 => {
-                if let Some(queue) = self.selected() {
-                    queue.size = value as u16;
+                let max = self
+                    .device
+                    .queue_max_sizes()
+                    .get(usize::from(self.queue_select))
+                    .copied()
+                    .unwrap_or(0);
+                if let (Some(queue), Some(size)) =
+                    (self.selected(), accepted_queue_size(value as u16, max))
+                {
+                    queue.size = size;
                 }
             }
             0x1a => {
@@ -314,6 +329,9 @@ impl VirtioPciDevice {
                 return interrupt.needs_reset();
             };
             queue.set_size(settings.size);
+            if queue.size() != settings.size {
+                return interrupt.needs_reset();
+            }
             queue.set_desc_table_address(
                 Some(settings.desc as u32),
                 Some((settings.desc >> 32) as u32),
@@ -461,5 +479,25 @@ impl Drop for VirtioPciDevice {
         if let Some(mut thread) = self.thread.take() {
             thread.stop();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_sizes_are_capped_by_the_device() {
+        assert_eq!(accepted_queue_size(256, 256), Some(256));
+        assert_eq!(accepted_queue_size(64, 256), Some(64));
+        assert_eq!(accepted_queue_size(512, 256), None);
+        assert_eq!(accepted_queue_size(32768, 256), None);
+        assert_eq!(accepted_queue_size(0, 256), None);
+        assert_eq!(accepted_queue_size(100, 256), None);
+        assert_eq!(accepted_queue_size(1, 0), None, "no such queue");
+        // The queue the device builds refuses the same sizes.
+        let mut queue = Queue::new(256).unwrap();
+        queue.set_size(512);
+        assert_eq!(queue.size(), 256);
     }
 }
