@@ -476,6 +476,18 @@ def main():
     check("hangar --show-vm ticker opens the VM window alone",
           shown and not find_all(other, "frame", "Hangar"))
 
+    # The GUI killed with -9: the VMs it showed go on untouched.
+    running = {vm["name"]: vm for vm in json.loads(ctl("list", "--json")) if vm.get("state") == "running"}
+    for proc in children:
+        if proc.args[0] == HANGAR and proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+    time.sleep(1)
+    after = {vm["name"]: vm for vm in json.loads(ctl("list", "--json")) if vm.get("state") == "running"}
+    check("the GUI killed with -9 leaves every running VM running",
+          bool(running) and set(after) == set(running),
+          f"before {sorted(running)}, after {sorted(after)}")
+
 
 def console_check(app, window, listbox):
     fbdraw = os.path.join(TINY, "fbdraw.elf")
