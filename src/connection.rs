@@ -339,13 +339,7 @@ pub async fn delete_vm(
 
 /// Defines the sample VM from the guest kit.
 pub async fn add_sample(connection: Connection) -> Result<(), String> {
-    let cache = std::env::var_os("HANGAR_GUEST_CACHE")
-        .map(std::path::PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME")
-                .map(|h| std::path::PathBuf::from(h).join(".cache/hangar/guests"))
-        })
-        .unwrap_or_default();
+    let cache = hangar_engine::host::inventory::guest_cache_dir();
     let manager = ManagerProxy::new(&connection)
         .await
         .map_err(|e| describe(&e))?;

@@ -6,6 +6,7 @@ pub mod connection;
 pub mod delete_dialog;
 pub mod i18n;
 pub mod manager;
+pub mod new_vm;
 pub mod serial_text;
 pub mod stats_history;
 pub mod vm_list;

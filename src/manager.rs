@@ -17,6 +17,7 @@ use zbus::Connection;
 
 use crate::connection::{self, HostEvent, VmAction, VmInfo};
 use crate::delete_dialog;
+use crate::new_vm::{plan::HostLimits, NewVmInit, NewVmMsg, NewVmOutput, NewVmWizard};
 use crate::stats_history::{Series, StatsHistory};
 use crate::vm_list;
 use crate::vm_window::{VmWindow, VmWindowInit, VmWindowMsg, VmWindowOutput};
@@ -50,6 +51,10 @@ pub struct ManagerWindow {
     search: String,
     columns: HashMap<&'static str, bool>,
     vm_windows: HashMap<String, Controller<VmWindow>>,
+    capabilities: Option<HostCapabilities>,
+    wizard: Option<Controller<NewVmWizard>>,
+    /// A VM the assistant just created, to open once its row is there: (path, page).
+    pending_open: Option<(String, &'static str)>,
     /// `--show-vm`: the VM to open once connected; the manager stays hidden.
     show_vm: Option<String>,
     hidden: bool,
@@ -84,6 +89,11 @@ pub enum ManagerMsg {
     Delete,
     DeleteConfirmed(String, Vec<String>),
     NewVm,
+    Created {
+        path: String,
+        customize: bool,
+        warning: Option<String>,
+    },
     AddSample,
     Search(String),
     Column(&'static str, bool),
@@ -142,6 +152,9 @@ impl Component for ManagerWindow {
                 .map(|(key, _)| (*key, *key == "cpu"))
                 .collect(),
             vm_windows: HashMap::new(),
+            capabilities: None,
+            wizard: None,
+            pending_open: None,
             hidden: init.show_vm.is_some(),
             show_vm: init.show_vm,
             actions: HashMap::new(),
@@ -204,9 +217,22 @@ impl Component for ManagerWindow {
                     });
                 }
             }
-            ManagerMsg::NewVm => self.toast(&gettext(
-                "The New VM assistant is not there yet. Add the sample VM, or define one with `hangarctl define`.",
-            )),
+            ManagerMsg::NewVm => self.new_vm(&sender),
+            ManagerMsg::Created {
+                path,
+                customize,
+                warning,
+            } => {
+                if let Some(why) = warning {
+                    self.toast(
+                        &gettext("The VM was created but did not start: {reason}")
+                            .replace("{reason}", &why),
+                    );
+                }
+                let page = if customize { "details" } else { "console" };
+                self.pending_open = Some((path, page));
+                self.open_pending(&sender);
+            }
             ManagerMsg::AddSample => {
                 if let Some(connection) = self.connection.clone() {
                     sender.oneshot_command(async move {
@@ -350,6 +376,7 @@ impl ManagerWindow {
                 self.ui.status.set_label(&gettext("Connected"));
                 self.ui.reconnect.set_visible(false);
                 self.show_capabilities(capabilities.as_ref());
+                self.capabilities = capabilities;
                 let gone: Vec<String> = self
                     .rows
                     .keys()
@@ -381,8 +408,15 @@ impl ManagerWindow {
                     self.window.present();
                 }
             }
-            HostEvent::VmAdded(vm) => self.upsert_vm(sender, vm),
-            HostEvent::VmRemoved(path) => self.remove_vm(&path),
+            HostEvent::VmAdded(vm) => {
+                self.upsert_vm(sender, vm);
+                self.open_pending(sender);
+                self.tell_wizard_names();
+            }
+            HostEvent::VmRemoved(path) => {
+                self.remove_vm(&path);
+                self.tell_wizard_names();
+            }
             HostEvent::VmChanged { path, properties } => {
                 if let Some(row) = self.rows.get_mut(&path) {
                     let before = row.info.state.clone();
@@ -401,6 +435,12 @@ impl ManagerWindow {
         }
         self.update_actions();
         self.update_stack();
+    }
+
+    fn tell_wizard_names(&self) {
+        if let Some(wizard) = &self.wizard {
+            wizard.emit(NewVmMsg::Names(self.vm_names()));
+        }
     }
 
     fn show_capabilities(&self, capabilities: Option<&HostCapabilities>) {
@@ -587,7 +627,15 @@ impl ManagerWindow {
     }
 
     fn open_vm(&mut self, sender: &ComponentSender<Self>, path: &str) {
+        self.open_vm_at(sender, path, None);
+    }
+
+    /// Opens the VM window, on `page` (console, serial, details, performance) if given.
+    fn open_vm_at(&mut self, sender: &ComponentSender<Self>, path: &str, page: Option<&str>) {
         if let Some(window) = self.vm_windows.get(path) {
+            if let Some(page) = page {
+                window.emit(VmWindowMsg::ShowPage(page.to_string()));
+            }
             window.widget().present();
             return;
         }
@@ -598,6 +646,7 @@ impl ManagerWindow {
             .launch(VmWindowInit {
                 connection,
                 info: row.info.clone(),
+                page: page.map(str::to_string),
             })
             .forward(sender.input_sender(), |output| match output {
                 VmWindowOutput::Closed(path) => ManagerMsg::VmWindowClosed(path),
@@ -605,6 +654,68 @@ impl ManagerWindow {
         relm4::main_application().add_window(controller.widget());
         controller.widget().present();
         self.vm_windows.insert(path.to_string(), controller);
+    }
+
+    /// Opens the New VM assistant, or brings back the one already open.
+    fn new_vm(&mut self, sender: &ComponentSender<Self>) {
+        let Some(connection) = self.connection.clone() else {
+            self.toast(&gettext("Not connected to hangard."));
+            return;
+        };
+        if let Some(wizard) = &self.wizard {
+            if wizard.widget().is_visible() {
+                wizard.widget().present();
+                return;
+            }
+        }
+        let limits = match &self.capabilities {
+            Some(caps) => HostLimits {
+                cpus: caps.host_cpus as u32,
+                memory: caps.host_memory_bytes,
+            },
+            None => HostLimits {
+                cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+                memory: 1 << 30,
+            },
+        };
+        let wizard = NewVmWizard::builder()
+            .transient_for(&self.window)
+            .launch(NewVmInit {
+                connection,
+                limits,
+                taken_names: self.vm_names(),
+            })
+            .forward(sender.input_sender(), |output| match output {
+                NewVmOutput::Created {
+                    path,
+                    customize,
+                    warning,
+                } => ManagerMsg::Created {
+                    path,
+                    customize,
+                    warning,
+                },
+            });
+        wizard.widget().present();
+        self.wizard = Some(wizard);
+    }
+
+    fn vm_names(&self) -> Vec<String> {
+        self.rows
+            .values()
+            .map(|row| row.info.name.clone())
+            .collect()
+    }
+
+    /// Opens the VM the assistant created once hangard has announced it.
+    fn open_pending(&mut self, sender: &ComponentSender<Self>) {
+        let Some((path, page)) = self.pending_open.clone() else {
+            return;
+        };
+        if self.rows.contains_key(&path) {
+            self.pending_open = None;
+            self.open_vm_at(sender, &path, Some(page));
+        }
     }
 
     fn toast(&self, message: &str) {

@@ -29,6 +29,8 @@ const GRAPH_SLOTS: usize = 120;
 pub struct VmWindowInit {
     pub connection: Connection,
     pub info: VmInfo,
+    /// The page to show first (console, serial, details, performance).
+    pub page: Option<String>,
 }
 
 pub struct VmWindow {
@@ -59,6 +61,7 @@ impl Drop for SerialStream {
 
 struct Ui {
     toasts: adw::ToastOverlay,
+    pages: adw::ViewStack,
     display: DisplayWidget,
     console_stack: gtk::Stack,
     console_message: adw::StatusPage,
@@ -96,6 +99,7 @@ pub enum VmWindowMsg {
     Fullscreen,
     SendKeys(usize),
     Screenshot,
+    ShowPage(String),
     Closed,
 }
 
@@ -158,6 +162,9 @@ impl Component for VmWindow {
             }
         });
         model.show_info();
+        if let Some(page) = &init.page {
+            model.ui.pages.set_visible_child_name(page);
+        }
         model.open_streams(&sender);
         if let Some(connection) = model.connection.clone() {
             let path = model.info.path.clone();
@@ -230,6 +237,7 @@ impl Component for VmWindow {
                 }
             }
             VmWindowMsg::Screenshot => self.screenshot(),
+            VmWindowMsg::ShowPage(page) => self.ui.pages.set_visible_child_name(&page),
             VmWindowMsg::Closed => {
                 self.ui.display.detach();
                 self.serial.borrow_mut().take();
@@ -876,6 +884,7 @@ fn build_ui(window: &adw::Window, sender: &ComponentSender<VmWindow>) -> Ui {
 
     Ui {
         toasts,
+        pages: stack,
         display,
         console_stack,
         console_message,

@@ -1,6 +1,7 @@
 #!/usr/bin/python3
 """Drives the real `hangar` GUI under Xvfb through AT-SPI, against a real hangard on this
-session bus running real workers with tiny guests on /dev/kvm.
+session bus running real workers with tiny guests on /dev/kvm: the manager window, the VM
+window's pages, the console, reconnection and --show-vm.
 
 Run by tests/gui.rs inside `dbus-run-session` (AT-SPI needs a session bus of its own); it can
 also be run by hand:  dbus-run-session -- /usr/bin/python3 tests/gui/manager.py
@@ -10,261 +11,20 @@ with HANGAR, HANGARD, HANGARCTL and TINY_GUESTS set. Prints one line per check a
 
 import json
 import os
-import shutil
 import signal
-import struct
 import subprocess
 import sys
-import tempfile
 import time
 
-try:
-    import pyatspi
-except ImportError:
-    sys.exit("gui test: python3-pyatspi is missing (scripts/install-deps installs it)")
-
-for tool in ("Xvfb", "xwd", "xclip", "xdotool"):
-    if shutil.which(tool) is None:
-        sys.exit(f"gui test: {tool} is missing (scripts/install-deps installs it)")
-if not os.environ.get("DBUS_SESSION_BUS_ADDRESS"):
-    sys.exit("gui test: no session bus; run me under dbus-run-session")
-
-HANGAR = os.environ["HANGAR"]
-HANGARD = os.environ["HANGARD"]
-HANGARCTL = os.environ["HANGARCTL"]
-TINY = os.environ["TINY_GUESTS"]
-WAIT = 30.0
-
-passed = 0
-failed = 0
-work = tempfile.mkdtemp(prefix="hangar-gui-")
-children = []
-
-
-def check(name, ok, detail=""):
-    global passed, failed
-    if ok:
-        passed += 1
-        print(f"ok   {name}", flush=True)
-    else:
-        failed += 1
-        print(f"FAIL {name} {detail}", flush=True)
-
-
-def spawn(args, log, env=None):
-    out = open(os.path.join(work, log), "ab")
-    proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env or os.environ)
-    children.append(proc)
-    return proc
-
-
-def ctl(*args):
-    result = subprocess.run([HANGARCTL, *args], capture_output=True, text=True, timeout=60)
-    if result.returncode != 0:
-        raise RuntimeError(f"hangarctl {' '.join(args)}: {result.stderr.strip()}")
-    return result.stdout
-
-
-def vm_state(name):
-    for vm in json.loads(ctl("list", "--all", "--json")):
-        if vm.get("name") == name:
-            return vm.get("state")
-    return None
-
-
-def wait_until(what, predicate, timeout=WAIT):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            value = predicate()
-        except Exception:  # the tree changes under our feet while we walk it
-            value = None
-        if value:
-            return value
-        time.sleep(0.2)
-    return None
-
-
-def walk(node, depth=0):
-    if node is None or depth > 40:
-        return
-    yield node
-    try:
-        count = node.childCount
-    except Exception:
-        return
-    for i in range(count):
-        try:
-            child = node.getChildAtIndex(i)
-        except Exception:
-            continue
-        yield from walk(child, depth + 1)
-
-
-def find_all(root, role=None, name=None, prefix=None):
-    found = []
-    for node in walk(root):
-        try:
-            if role and node.getRoleName() != role:
-                continue
-            if name is not None and node.name != name:
-                continue
-            if prefix is not None and not (node.name or "").startswith(prefix):
-                continue
-        except Exception:
-            continue
-        found.append(node)
-    return found
-
-
-def find(root, role=None, name=None, prefix=None, timeout=WAIT):
-    return wait_until(
-        f"{role} {name or prefix}",
-        lambda: (find_all(root, role, name, prefix) or [None])[0],
-        timeout,
-    )
-
-
-def has_state(node, state):
-    try:
-        return node.getState().contains(state)
-    except Exception:
-        return False
-
-
-def showing(node):
-    # GTK 4.8 reports "visible" (the widget's own visibility), not "showing".
-    try:
-        return node.getState().contains(pyatspi.STATE_VISIBLE)
-    except Exception:
-        return False
-
-
-def click(node):
-    node.queryAction().doAction(0)
-
-
-def hangar_app():
-    def lookup():
-        desktop = pyatspi.Registry.getDesktop(0)
-        for i in range(desktop.childCount):
-            app = desktop.getChildAtIndex(i)
-            if app is not None and app.name == "hangar":
-                return app
-        return None
-
-    return wait_until("the hangar application on AT-SPI", lookup)
-
-
-def select_row(listbox, prefix):
-    for i in range(listbox.childCount):
-        if (listbox.getChildAtIndex(i).name or "").startswith(prefix):
-            listbox.querySelection().selectChild(i)
-            return True
-    return False
-
-
-def click_into(widget, title):
-    """A real click in the middle of `widget` of the window whose title matches the regular
-    expression `title` (xdotool's --name); true once the
-    widget has the focus. The extents are read afresh for every try, after a page switch
-    has had time to settle."""
-    raise_window(title)
-    for _ in range(4):
-        time.sleep(0.5)
-        ext = widget.queryComponent().getExtents(pyatspi.WINDOW_COORDS)
-        geometry = subprocess.run(["xdotool", "search", "--name", title, "getwindowgeometry", "--shell"],
-                                  capture_output=True, text=True, timeout=10).stdout
-        pos = dict(line.split("=", 1) for line in geometry.split() if "=" in line)
-        x = int(pos.get("X", 0)) + ext.x + ext.width // 2
-        y = int(pos.get("Y", 0)) + ext.y + ext.height // 2
-        subprocess.run(["xdotool", "mousemove", str(x), str(y), "click", "1"], timeout=10)
-        if wait_until("focus", lambda: has_state(widget, pyatspi.STATE_FOCUSED), 3):
-            return True
-    return False
-
-
-def raise_window(title):
-    # No window manager under Xvfb: windows stack as they were mapped until raised.
-    subprocess.run(["xdotool", "search", "--name", title, "windowraise"], capture_output=True, timeout=10)
-
-
-def click_page(window, name):
-    for node in find_all(window, "page tab", name):
-        try:
-            click(node)
-            return True
-        except Exception:
-            continue
-    return False
-
-
-def read_xwd_pixels(path):
-    """Width, height and the (r, g, b) pixels of an XWD (ZPixmap, 24/32 bpp) dump."""
-    data = open(path, "rb").read()
-    header = struct.unpack(">25I", data[:100])
-    header_size, width, height = header[0], header[4], header[5]
-    step, bytes_per_line, ncolors = header[11] // 8, header[12], header[19]
-    offset = header_size + ncolors * 12
-    pixels = []
-    for y in range(height):
-        row = data[offset + y * bytes_per_line: offset + y * bytes_per_line + width * step]
-        for x in range(0, len(row), step):
-            b, g, r = row[x], row[x + 1], row[x + 2]  # little-endian B, G, R(, X)
-            pixels.append((r, g, b))
-    return width, height, pixels
-
-
-def read_xwd(path):
-    """Width, height and the set of distinct pixel values of an XWD (ZPixmap, 32 bpp) dump."""
-    data = open(path, "rb").read()
-    header = struct.unpack(">25I", data[:100])
-    header_size, width, height = header[0], header[4], header[5]
-    bits_per_pixel, bytes_per_line, ncolors = header[11], header[12], header[19]
-    offset = header_size + ncolors * 12
-    step = bits_per_pixel // 8
-    assert step in (3, 4), f"xwd: {bits_per_pixel} bits per pixel"
-    colours = set()
-    for y in range(0, height, 2):
-        row = data[offset + y * bytes_per_line: offset + y * bytes_per_line + width * step]
-        for x in range(0, len(row), 2 * step):
-            colours.add(row[x:x + 3])
-    return width, height, colours
+import harness
+from harness import (HANGAR, HANGARD, TINY, check, children, click, click_into,
+                     click_page, ctl, find, find_all, has_state, hangar_app, pyatspi,
+                     raise_window, read_xwd, read_xwd_pixels, select_row, showing, spawn,
+                     start_session, vm_state, wait_until, work)
 
 
 def main():
-    env = dict(os.environ)
-    for sub in ("config", "data", "run"):
-        os.makedirs(os.path.join(work, sub), mode=0o700)
-    env.update(
-        XDG_CONFIG_HOME=os.path.join(work, "config"),
-        XDG_DATA_HOME=os.path.join(work, "data"),
-        XDG_RUNTIME_DIR=os.path.join(work, "run"),
-        GSK_RENDERER="cairo",
-        GTK_A11Y="atspi",
-        NO_AT_BRIDGE="0",
-        LANGUAGE="en",
-        LC_ALL="C.UTF-8",
-    )
-    os.environ.update(env)
-
-    # A display of our own.
-    read_fd, write_fd = os.pipe()
-    xvfb = subprocess.Popen(
-        ["Xvfb", "-displayfd", str(write_fd), "-screen", "0", "1280x900x24", "-nolisten", "tcp"],
-        pass_fds=[write_fd], stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "xvfb.log"), "wb"),
-    )
-    children.append(xvfb)
-    os.close(write_fd)
-    display = os.read(read_fd, 16).decode().strip()
-    if not display:
-        sys.exit("gui test: Xvfb did not start (see its log)")
-    os.environ["DISPLAY"] = env["DISPLAY"] = f":{display}"
-
-    spawn([HANGARD, "--stats-interval", "300"], "hangard.log", env)
-    if not wait_until("hangard", lambda: subprocess.run([HANGARCTL, "list"], capture_output=True).returncode == 0):
-        sys.exit("gui test: hangard did not come up")
-    started = time.monotonic()
+    env = start_session()
     spawn([HANGAR], "hangar.log", env)
     app = hangar_app()
     if app is None:
@@ -579,34 +339,4 @@ def console_check(app, window, listbox):
     click(find(kb_window, "push button", "Close"))
 
 
-try:
-    main()
-except Exception as err:  # a crash of the driver is a failure, with its reason
-    import traceback
-    traceback.print_exc()
-    failed += 1
-finally:
-    for proc in reversed(children):
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-    # Workers outlive hangard by design, so the VMs this test started are stopped here, by the
-    # pid each one's runtime directory records; otherwise every run would leave guests running.
-    import glob
-    import signal
-    for pid_file in glob.glob(os.path.join(work, "run", "hangar", "*", "*pid")):
-        try:
-            os.kill(int(open(pid_file).read().strip()), signal.SIGKILL)
-        except (ValueError, OSError):
-            pass
-    if failed:
-        for log in ("hangar.log", "hangard.log"):
-            path = os.path.join(work, log)
-            if os.path.exists(path):
-                print(f"--- {log}\n" + open(path, errors="replace").read()[-4000:])
-    shutil.rmtree(work, ignore_errors=True)
-    print(f"{passed} passed, {failed} failed")
-    sys.exit(1 if failed or passed == 0 else 0)
+harness.run(main)

@@ -486,12 +486,7 @@ fn run(args: &Args) -> Outcome {
             Ok(json!({"volume": name, "message": format!("volume {name} deleted")}))
         }
         Verb::Sample => {
-            let cache = std::env::var_os("HANGAR_GUEST_CACHE")
-                .map(PathBuf::from)
-                .or_else(|| {
-                    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/hangar/guests"))
-                })
-                .unwrap_or_default();
+            let cache = hangar_engine::host::inventory::guest_cache_dir();
             let path = client.manager()?.sample(&cache.display().to_string())?;
             Ok(json!({"vm": "debian-tiny", "path": path.as_str(),
                       "message": "VM debian-tiny defined; start it with `hangarctl start debian-tiny`"}))

@@ -39,6 +39,12 @@ impl DefinitionError {
     }
 }
 
+/// The field and reason of a refusal, read back from its message as it crosses D-Bus
+/// (`field "memory": ...`), so that a client can show the reason beside that field.
+pub fn refused_field(message: &str) -> Option<(&str, &str)> {
+    message.strip_prefix("field \"")?.split_once("\": ")
+}
+
 /// A VM's identity, an RFC 4122 version 4 UUID. The nil UUID means "not assigned yet".
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Uuid([u8; 16]);
@@ -477,6 +483,20 @@ mod tests {
             ),
             "nics[0].forwards[1]"
         );
+    }
+
+    #[test]
+    fn clients_read_the_field_back_from_the_message() {
+        let err = VmDefinition::from_json(
+            r#"{"name":"a","kernel":"/k","nics":[{"forwards":[{"host":0,"guest":1}]}]}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            refused_field(&err),
+            Some(("nics[0].forwards[0]", "port 0 cannot be forwarded"))
+        );
+        assert_eq!(refused_field("not a valid VM definition: eof"), None);
     }
 
     #[test]

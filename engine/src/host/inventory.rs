@@ -35,10 +35,19 @@ const DESTROY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Name of the sample VM that `hangarctl sample` defines.
 pub const SAMPLE_NAME: &str = "debian-tiny";
-const SAMPLE_VOLUME: &str = "debian-tiny.qcow2";
-const SAMPLE_KERNEL: &str = "vmlinuz-cloud-amd64";
-const SAMPLE_INITRD: &str = "initrd-cloud-amd64.img";
-const SAMPLE_CMDLINE: &str = "console=ttyS0 hangar.test=shell";
+pub const SAMPLE_VOLUME: &str = "debian-tiny.qcow2";
+pub const SAMPLE_KERNEL: &str = "vmlinuz-cloud-amd64";
+pub const SAMPLE_INITRD: &str = "initrd-cloud-amd64.img";
+pub const SAMPLE_CMDLINE: &str = "console=ttyS0 hangar.test=shell";
+
+/// Where the guest kit (`tests/guests/build`) keeps the sample's kernel and initramfs, as a
+/// client sees it: `HANGAR_GUEST_CACHE`, else `~/.cache/hangar/guests`.
+pub fn guest_cache_dir() -> PathBuf {
+    std::env::var_os("HANGAR_GUEST_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/hangar/guests")))
+        .unwrap_or_default()
+}
 
 /// What a VM is doing, in libvirt's words.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -59,6 +59,21 @@ pub fn payload(image: &[u8]) -> Result<&[u8], PayloadError> {
     image.get(start..start + len).ok_or(PayloadError::NoPayload)
 }
 
+/// The version string a bzImage carries in its setup header (`kernel_version`, boot protocol
+/// 2.00 and later), e.g. "6.1.0-28-cloud-amd64 (debian-kernel@lists.debian.org) #1 SMP ...".
+/// `None` when the image is not a bzImage or has no readable version.
+pub fn kernel_version(image: &[u8]) -> Option<String> {
+    if image.get(0x202..0x206) != Some(HDRS_MAGIC) || u16_at(image, 0x206)? < 0x200 {
+        return None;
+    }
+    // The pointer is relative to the start of the setup code, 0x200 into the file.
+    let start = 0x200 + usize::from(u16_at(image, 0x20e)?);
+    let text = image.get(start..(start + 256).min(image.len()))?;
+    let end = text.iter().position(|&b| b == 0)?;
+    let version = std::str::from_utf8(&text[..end]).ok()?.trim();
+    (!version.is_empty() && version.chars().all(|c| !c.is_control())).then(|| version.to_string())
+}
+
 /// Names a payload's compression from its magic bytes.
 pub fn compression(payload: &[u8]) -> &'static str {
     match payload {
@@ -192,5 +207,27 @@ mod tests {
         let mut image = bzimage(b"xx");
         image[0x24c..0x250].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(payload(&image), Err(PayloadError::NoPayload));
+    }
+
+    #[test]
+    fn reads_the_kernel_version_from_the_setup_header() {
+        let mut image = bzimage(b"payload");
+        let version = b"6.1.0-28-cloud-amd64 (debian-kernel@lists.debian.org) #1 SMP\0";
+        let at = 0x400;
+        image[at..at + version.len()].copy_from_slice(version);
+        image[0x20e..0x210].copy_from_slice(&((at - 0x200) as u16).to_le_bytes());
+        assert_eq!(
+            kernel_version(&image).as_deref(),
+            Some("6.1.0-28-cloud-amd64 (debian-kernel@lists.debian.org) #1 SMP")
+        );
+        // No terminator within reach, no header, garbage: no version rather than nonsense.
+        image[at + version.len() - 1] = b'x';
+        image[at + version.len()..].fill(b'x');
+        assert_eq!(kernel_version(&image), None);
+        assert_eq!(kernel_version(b"\x7fELF not a bzImage"), None);
+        let mut binary = bzimage(b"payload");
+        binary[0x400..0x404].copy_from_slice(&[1, 2, 3, 0]);
+        binary[0x20e..0x210].copy_from_slice(&0x200u16.to_le_bytes());
+        assert_eq!(kernel_version(&binary), None);
     }
 }
