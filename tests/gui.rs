@@ -97,3 +97,8 @@ fn run_driver(script: &str) {
 fn the_gui_manages_vms_under_xvfb_through_at_spi() {
     run_driver("manager.py");
 }
+
+#[test]
+fn the_new_vm_assistant_creates_a_vm_and_cancel_leaves_nothing() {
+    run_driver("wizard.py");
+}

@@ -802,6 +802,24 @@ fn on_edit<W: IsA<gtk::Editable>>(
     });
 }
 
+/// A spin button's value changes when its text is committed (Enter, leaving it, the arrows),
+/// not with every key: both count as edits.
+fn on_spin_edit(
+    spin: &gtk::SpinButton,
+    sender: &ComponentSender<NewVmWizard>,
+    filling: &Rc<Cell<bool>>,
+    field: Field,
+) {
+    on_edit(spin, sender, filling, Some(field));
+    let input = sender.input_sender().clone();
+    let filling = filling.clone();
+    spin.connect_value_changed(move |_| {
+        if !filling.get() {
+            input.emit(NewVmMsg::Edited(Some(field)));
+        }
+    });
+}
+
 fn error_for(errors: &mut HashMap<Field, ErrorRow>, group: &adw::PreferencesGroup, field: Field) {
     errors.insert(field, ErrorRow::new(group));
 }
@@ -851,7 +869,7 @@ fn spin_row(
         .activatable_widget(&spin)
         .build();
     row.add_suffix(&spin);
-    on_edit(&spin, sender, filling, Some(field));
+    on_spin_edit(&spin, sender, filling, field);
     group.add(&row);
     (row, spin)
 }
@@ -867,7 +885,6 @@ fn choice_row(
         .valign(gtk::Align::Center)
         .build();
     check.set_group(leader);
-    check.update_property(&[gtk::accessible::Property::Label(title)]);
     let row = adw::ActionRow::builder()
         .title(title)
         .subtitle(subtitle)
@@ -1126,7 +1143,7 @@ fn build_ui(
     disk_size.update_property(&[gtk::accessible::Property::Label(&gettext(
         "Disk size (GiB)",
     ))]);
-    on_edit(&disk_size, sender, filling, Some(Field::NewDisk));
+    on_spin_edit(&disk_size, sender, filling, Field::NewDisk);
     new_row.add_suffix(&disk_size);
     new_row.add_suffix(&gtk::Label::new(Some(&gettext("GiB"))));
     error_for(&mut errors, &storage_group, Field::NewDisk);

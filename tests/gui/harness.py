@@ -166,22 +166,62 @@ def select_row(listbox, prefix):
 
 def click_into(widget, title):
     """A real click in the middle of `widget` of the window whose title matches the regular
-    expression `title` (xdotool's --name); true once the
-    widget has the focus. The extents are read afresh for every try, after a page switch
-    has had time to settle."""
-    raise_window(title)
+    expression `title` (xdotool's --name); true once the widget has the focus. The extents are
+    read afresh for every try, after a page switch has had time to settle."""
     for _ in range(4):
-        time.sleep(0.5)
-        ext = widget.queryComponent().getExtents(pyatspi.WINDOW_COORDS)
-        geometry = subprocess.run(["xdotool", "search", "--name", title, "getwindowgeometry", "--shell"],
-                                  capture_output=True, text=True, timeout=10).stdout
-        pos = dict(line.split("=", 1) for line in geometry.split() if "=" in line)
-        x = int(pos.get("X", 0)) + ext.x + ext.width // 2
-        y = int(pos.get("Y", 0)) + ext.y + ext.height // 2
-        subprocess.run(["xdotool", "mousemove", str(x), str(y), "click", "1"], timeout=10)
+        time.sleep(0.2)
+        click_at(widget, title)
         if wait_until("focus", lambda: has_state(widget, pyatspi.STATE_FOCUSED), 3):
             return True
     return False
+
+
+def type_into(widget, text, title):
+    """Replaces the text of an entry the way a user does: a real click into it (in the window
+    whose title matches `title`), select all, type. True once the entry holds `text`. (GTK 4.8
+    does not report the focus of an entry row's inner text, so the text itself is the proof.)"""
+    if widget is None:
+        return False
+    click_at(widget, title)
+    time.sleep(0.3)
+    subprocess.run(["xdotool", "key", "ctrl+a", "BackSpace"], timeout=10)
+    if text:
+        subprocess.run(["xdotool", "type", "--delay", "20", text], timeout=60)
+    return wait_until("typed text", lambda: text_of(widget) == text, 10) is not None
+
+
+def click_at(widget, title):
+    """One real click in the middle of `widget`, in the window whose title matches `title`."""
+    raise_window(title)
+    time.sleep(0.3)
+    ext = widget.queryComponent().getExtents(pyatspi.WINDOW_COORDS)
+    geometry = subprocess.run(["xdotool", "search", "--name", title, "getwindowgeometry", "--shell"],
+                              capture_output=True, text=True, timeout=10).stdout
+    pos = dict(line.split("=", 1) for line in geometry.split() if "=" in line)
+    x = int(pos.get("X", 0)) + ext.x + ext.width // 2
+    y = int(pos.get("Y", 0)) + ext.y + ext.height // 2
+    subprocess.run(["xdotool", "mousemove", str(x), str(y), "click", "1"], timeout=10)
+
+
+def set_value(widget, value):
+    """Sets a spin button through AT-SPI's Value interface, as an assistive tool would. True
+    once it holds `value`."""
+    if widget is None:
+        return False
+    widget.queryValue().currentValue = float(value)
+    return wait_until("value", lambda: widget.queryValue().currentValue == float(value), 10) is not None
+
+
+def text_of(widget):
+    try:
+        t = widget.queryText()
+        return t.getText(0, t.characterCount)
+    except Exception:
+        return None
+
+
+def sensitive(node):
+    return has_state(node, pyatspi.STATE_SENSITIVE)
 
 
 def raise_window(title):
