@@ -350,6 +350,17 @@ pub async fn add_sample(connection: Connection) -> Result<(), String> {
         .map_err(|e| describe(&e))
 }
 
+/// Sets how often hangard samples running VMs.
+pub async fn set_stats_interval(connection: &Connection, ms: u32) -> Result<(), String> {
+    let manager = ManagerProxy::new(connection)
+        .await
+        .map_err(|e| describe(&e))?;
+    manager
+        .set_stats_interval(ms)
+        .await
+        .map_err(|e| describe(&e))
+}
+
 pub async fn stats_history(connection: &Connection, path: &str) -> Vec<Sample> {
     match vm_proxy(connection, path).await {
         Ok(vm) => vm.get_stats_history().await.unwrap_or_default(),

@@ -2,12 +2,17 @@
 //! connection to hangard, the widgets (console display, graphs) and the pure logic beside them.
 //! `src/main.rs` is the `hangar` program; tests use the widgets directly.
 
+pub mod about;
 pub mod connection;
 pub mod delete_dialog;
+pub mod force_off_dialog;
 pub mod i18n;
 pub mod manager;
 pub mod new_vm;
+pub mod preferences;
 pub mod serial_text;
+pub mod settings;
+pub mod shortcuts;
 pub mod stats_history;
 pub mod vm_list;
 pub mod vm_window;

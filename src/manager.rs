@@ -5,6 +5,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use adw::prelude::*;
@@ -17,7 +18,9 @@ use zbus::Connection;
 
 use crate::connection::{self, HostEvent, VmAction, VmInfo};
 use crate::delete_dialog;
+use crate::force_off_dialog;
 use crate::new_vm::{plan::HostLimits, NewVmInit, NewVmMsg, NewVmOutput, NewVmWizard};
+use crate::settings::{self, COLUMN_KEYS};
 use crate::stats_history::{Series, StatsHistory};
 use crate::vm_list;
 use crate::vm_window::{VmWindow, VmWindowInit, VmWindowMsg, VmWindowOutput};
@@ -50,6 +53,9 @@ pub struct ManagerWindow {
     selected: Option<String>,
     search: String,
     columns: HashMap<&'static str, bool>,
+    settings: Option<gio::Settings>,
+    /// Milliseconds between stats samples, read by the stats thread.
+    interval: Arc<AtomicU64>,
     vm_windows: HashMap<String, Controller<VmWindow>>,
     capabilities: Option<HostCapabilities>,
     wizard: Option<Controller<NewVmWizard>>,
@@ -97,6 +103,11 @@ pub enum ManagerMsg {
     AddSample,
     Search(String),
     Column(&'static str, bool),
+    SettingsChanged(String),
+    ForceOffConfirmed(String),
+    Preferences,
+    Shortcuts,
+    About,
     ContextMenu(f64, f64),
     VmWindowClosed(String),
 }
@@ -110,12 +121,8 @@ pub enum ManagerCmd {
     Found(Result<String, String>),
 }
 
-const COLUMN_KEYS: [(&str, Series); 4] = [
-    ("cpu", Series::Cpu),
-    ("memory", Series::Memory),
-    ("disk", Series::Disk),
-    ("network", Series::Network),
-];
+/// Which series each graph column of the list shows, in `settings::COLUMN_KEYS` order.
+const COLUMN_SERIES: [Series; 4] = [Series::Cpu, Series::Memory, Series::Disk, Series::Network];
 
 impl Component for ManagerWindow {
     type CommandOutput = ManagerCmd;
@@ -147,10 +154,9 @@ impl Component for ManagerWindow {
             rows: HashMap::new(),
             selected: None,
             search: String::new(),
-            columns: COLUMN_KEYS
-                .iter()
-                .map(|(key, _)| (*key, *key == "cpu"))
-                .collect(),
+            columns: HashMap::new(),
+            interval: Arc::new(AtomicU64::new(1000)),
+            settings: settings::settings(),
             vm_windows: HashMap::new(),
             capabilities: None,
             wizard: None,
@@ -161,6 +167,7 @@ impl Component for ManagerWindow {
             names,
             ui,
         };
+        model.read_settings();
         model.install_actions(&sender);
         model.update_actions();
         model.watch(&sender);
@@ -178,11 +185,23 @@ impl Component for ManagerWindow {
                 self.selected = path;
                 self.update_actions();
             }
+            ManagerMsg::Act(VmAction::Destroy)
+                if settings::confirm(self.settings.as_ref(), "confirm-force-off") =>
+            {
+                if let Some(vm) = self.selected_vm() {
+                    let path = vm.path.clone();
+                    let input = sender.input_sender().clone();
+                    force_off_dialog::ask(&self.window, &vm.name, move || {
+                        input.emit(ManagerMsg::ForceOffConfirmed(path.clone()));
+                    });
+                }
+            }
             ManagerMsg::Act(action) => {
                 if let Some(path) = self.selected.clone() {
                     self.act(&sender, path, action);
                 }
             }
+            ManagerMsg::ForceOffConfirmed(path) => self.act(&sender, path, VmAction::Destroy),
             ManagerMsg::TogglePause => {
                 if let Some(vm) = self.selected_vm() {
                     let action = if vm.state == "paused" {
@@ -200,6 +219,19 @@ impl Component for ManagerWindow {
                 }
             }
             ManagerMsg::OpenPath(path) => self.open_vm(&sender, &path),
+            ManagerMsg::Delete if !settings::confirm(self.settings.as_ref(), "confirm-delete") => {
+                if let Some(vm) = self.selected_vm() {
+                    // Without asking, nothing that cannot be recreated goes: the volumes stay.
+                    let (path, name) = (vm.path.clone(), vm.name.clone());
+                    sender.input(ManagerMsg::DeleteConfirmed(path, Vec::new()));
+                    if !vm.disks.is_empty() {
+                        self.toast(
+                            &gettext("Deleted {name}; its volumes are kept in the pool.")
+                                .replace("{name}", &name),
+                        );
+                    }
+                }
+            }
             ManagerMsg::Delete => {
                 if let Some(vm) = self.selected_vm() {
                     let vm = vm.clone();
@@ -246,12 +278,20 @@ impl Component for ManagerWindow {
             }
             ManagerMsg::Column(key, shown) => {
                 self.columns.insert(key, shown);
-                for row in self.rows.values() {
-                    for (series, graph) in &row.graphs {
-                        graph.set_visible(self.column_shown(*series));
-                    }
+                self.show_columns();
+            }
+            ManagerMsg::SettingsChanged(key) => {
+                self.read_settings();
+                self.show_columns();
+                if key == "stats-interval" {
+                    self.push_stats_interval(&sender);
                 }
             }
+            ManagerMsg::Preferences => {
+                crate::preferences::show(&self.window, self.settings.as_ref())
+            }
+            ManagerMsg::Shortcuts => crate::shortcuts::show(&self.window),
+            ManagerMsg::About => crate::about::show(&self.window),
             ManagerMsg::ContextMenu(x, y) => {
                 if let Some(row) = self.ui.list.row_at_y(y as i32) {
                     self.ui.list.select_row(Some(&row));
@@ -332,11 +372,13 @@ impl ManagerWindow {
     /// This polls stats, not the list: the list changes only through signals.
     fn sample_stats(&self, sender: &ComponentSender<Self>) {
         let active = self.active.clone();
+        let interval = self.interval.clone();
         let out = sender.command_sender().clone();
         std::thread::spawn(move || {
             let mut bus: Option<zbus::blocking::Connection> = None;
             loop {
-                std::thread::sleep(std::time::Duration::from_secs(1));
+                let ms = interval.load(Ordering::Relaxed);
+                std::thread::sleep(std::time::Duration::from_millis(ms));
                 let paths = active.lock().unwrap().clone();
                 if !paths.is_empty() && bus.is_none() {
                     bus = zbus::blocking::Connection::session().ok();
@@ -377,6 +419,7 @@ impl ManagerWindow {
                 self.ui.reconnect.set_visible(false);
                 self.show_capabilities(capabilities.as_ref());
                 self.capabilities = capabilities;
+                self.push_stats_interval(sender);
                 let gone: Vec<String> = self
                     .rows
                     .keys()
@@ -531,7 +574,7 @@ impl ManagerWindow {
         line.set_margin_end(12);
         line.append(&icon);
         line.append(&names);
-        let graphs = COLUMN_KEYS.map(|(_, series)| {
+        let graphs = COLUMN_SERIES.map(|series| {
             let graph = Graph::new(SPARK_SLOTS, true);
             graph.set_size_request(80, 24);
             graph.set_valign(gtk::Align::Center);
@@ -606,10 +649,44 @@ impl ManagerWindow {
     }
 
     fn column_shown(&self, series: Series) -> bool {
-        COLUMN_KEYS
+        COLUMN_SERIES
             .iter()
-            .find(|(_, s)| *s == series)
-            .is_some_and(|(key, _)| self.columns.get(key).copied().unwrap_or(false))
+            .position(|s| *s == series)
+            .and_then(|i| self.columns.get(COLUMN_KEYS[i]).copied())
+            .unwrap_or(series == Series::Cpu)
+    }
+
+    fn show_columns(&self) {
+        for row in self.rows.values() {
+            for (series, graph) in &row.graphs {
+                graph.set_visible(self.column_shown(*series));
+            }
+        }
+    }
+
+    /// Takes the columns and the stats interval from the preferences.
+    fn read_settings(&mut self) {
+        let Some(settings) = &self.settings else {
+            return;
+        };
+        for key in COLUMN_KEYS {
+            self.columns.insert(key, settings.boolean(key));
+        }
+        self.interval.store(
+            u64::from(settings.uint("stats-interval")),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// hangard samples at the interval the preferences ask for.
+    fn push_stats_interval(&self, sender: &ComponentSender<Self>) {
+        let (Some(connection), Some(settings)) = (self.connection.clone(), &self.settings) else {
+            return;
+        };
+        let ms = settings.uint("stats-interval");
+        sender.oneshot_command(async move {
+            ManagerCmd::Done(connection::set_stats_interval(&connection, ms).await)
+        });
     }
 
     fn selected_vm(&self) -> Option<&VmInfo> {
@@ -739,7 +816,7 @@ impl ManagerWindow {
     }
 
     fn install_actions(&mut self, sender: &ComponentSender<Self>) {
-        let entries: [(&'static str, ManagerMsgFactory); 10] = [
+        let entries: [(&'static str, ManagerMsgFactory); 13] = [
             ("vm-open", || ManagerMsg::Open),
             ("vm-run", || ManagerMsg::Act(VmAction::Start)),
             ("vm-pause", || ManagerMsg::TogglePause),
@@ -750,6 +827,9 @@ impl ManagerWindow {
             ("new-vm", || ManagerMsg::NewVm),
             ("add-sample", || ManagerMsg::AddSample),
             ("reconnect", || ManagerMsg::Reconnect),
+            ("preferences", || ManagerMsg::Preferences),
+            ("shortcuts", || ManagerMsg::Shortcuts),
+            ("about", || ManagerMsg::About),
         ];
         for (name, message) in entries {
             let action = gio::SimpleAction::new(name, None);
@@ -768,30 +848,46 @@ impl ManagerWindow {
         let window = self.window.clone();
         quit.connect_activate(move |_, _| window.close());
         self.window.add_action(&quit);
-        for (key, _) in COLUMN_KEYS {
-            let shown = self.columns.get(key).copied().unwrap_or(false);
-            let action = gio::SimpleAction::new_stateful(
-                &format!("column-{key}"),
-                None,
-                &shown.to_variant(),
-            );
-            let input = sender.input_sender().clone();
-            action.connect_change_state(move |action, state| {
-                if let Some(state) = state {
-                    action.set_state(state);
-                    input.emit(ManagerMsg::Column(
-                        key,
-                        state.get::<bool>().unwrap_or(false),
-                    ));
+        // The list's graph columns: the preferences' keys when there are preferences.
+        for key in COLUMN_KEYS {
+            let action = match &self.settings {
+                Some(settings) => settings.create_action(key),
+                None => {
+                    let shown = self
+                        .columns
+                        .get(key)
+                        .copied()
+                        .unwrap_or(key == COLUMN_KEYS[0]);
+                    let action = gio::SimpleAction::new_stateful(key, None, &shown.to_variant());
+                    let input = sender.input_sender().clone();
+                    action.connect_change_state(move |action, state| {
+                        if let Some(state) = state {
+                            action.set_state(state);
+                            input.emit(ManagerMsg::Column(
+                                key,
+                                state.get::<bool>().unwrap_or(false),
+                            ));
+                        }
+                    });
+                    action.upcast()
                 }
-            });
+            };
             self.window.add_action(&action);
+        }
+        if let Some(settings) = &self.settings {
+            let input = sender.input_sender().clone();
+            settings.connect_changed(None, move |_, key| {
+                input.emit(ManagerMsg::SettingsChanged(key.to_string()));
+            });
         }
         let app = relm4::main_application();
         app.set_accels_for_action("win.search", &["<Control>f"]);
         app.set_accels_for_action("win.vm-open", &["<Control>o"]);
         app.set_accels_for_action("win.vm-delete", &["Delete"]);
         app.set_accels_for_action("win.quit", &["<Control>q"]);
+        app.set_accels_for_action("win.new-vm", &["<Control>n"]);
+        app.set_accels_for_action("win.preferences", &["<Control>comma"]);
+        app.set_accels_for_action("win.shortcuts", &["<Control>question"]);
     }
 
     fn update_actions(&self) {
@@ -890,14 +986,16 @@ fn build_ui(
 
     let view_menu = gio::Menu::new();
     let columns = gio::Menu::new();
-    columns.append(Some(&gettext("CPU usage")), Some("win.column-cpu"));
-    columns.append(Some(&gettext("Memory usage")), Some("win.column-memory"));
-    columns.append(Some(&gettext("Disk I/O")), Some("win.column-disk"));
-    columns.append(Some(&gettext("Network I/O")), Some("win.column-network"));
+    for (key, series) in COLUMN_KEYS.iter().zip(COLUMN_SERIES) {
+        columns.append(Some(&series_title(series)), Some(&format!("win.{key}")));
+    }
     view_menu.append_section(Some(&gettext("Graphs in the list")), &columns);
     let other = gio::Menu::new();
     other.append(Some(&gettext("Add Sample VM")), Some("win.add-sample"));
     other.append(Some(&gettext("Delete VM")), Some("win.vm-delete"));
+    other.append(Some(&gettext("Preferences")), Some("win.preferences"));
+    other.append(Some(&gettext("Keyboard Shortcuts")), Some("win.shortcuts"));
+    other.append(Some(&gettext("About Hangar")), Some("win.about"));
     other.append(Some(&gettext("Quit")), Some("win.quit"));
     view_menu.append_section(None, &other);
     let menu_button = gtk::MenuButton::builder()

@@ -14,17 +14,16 @@ use vte4::prelude::*;
 use zbus::Connection;
 
 use crate::connection::{self, VmAction, VmInfo};
+use crate::force_off_dialog;
 use crate::manager::series_title;
 use crate::serial_text::LineEndings;
+use crate::settings;
 use crate::stats_history::{format_bytes, Series, StatsHistory, HISTORY_LEN};
 use crate::vm_list;
-use crate::widgets::display::input::{send_key_combos, ScaleMode};
+use crate::widgets::display::input::{send_key_combos, GrabKey, ScaleMode};
 use crate::widgets::display::socket::write_all;
 use crate::widgets::display::DisplayWidget;
 use crate::widgets::graph::Graph;
-
-/// Samples across a Performance graph: two minutes at 1 s.
-const GRAPH_SLOTS: usize = 120;
 
 pub struct VmWindowInit {
     pub connection: Connection,
@@ -42,6 +41,9 @@ pub struct VmWindow {
     serial: Rc<RefCell<Option<SerialStream>>>,
     /// Kept while it is open: a native dialog lives only as long as its last reference.
     screenshot_chooser: Option<gtk::FileChooserNative>,
+    settings: Option<gio::Settings>,
+    /// Samples across a Performance graph (a preference).
+    graph_slots: usize,
     ui: Ui,
 }
 
@@ -61,6 +63,7 @@ impl Drop for SerialStream {
 
 struct Ui {
     toasts: adw::ToastOverlay,
+    grab_hint: gtk::Label,
     pages: adw::ViewStack,
     display: DisplayWidget,
     console_stack: gtk::Stack,
@@ -100,6 +103,8 @@ pub enum VmWindowMsg {
     SendKeys(usize),
     Screenshot,
     ShowPage(String),
+    SettingsChanged,
+    ForceOffConfirmed,
     Closed,
 }
 
@@ -151,8 +156,19 @@ impl Component for VmWindow {
             actions: Vec::new(),
             serial: Rc::default(),
             screenshot_chooser: None,
+            settings: settings::settings(),
+            graph_slots: 0,
             ui,
         };
+        model.apply_settings();
+        if let Some(settings) = &model.settings {
+            model
+                .ui
+                .display
+                .set_scale_mode(settings::scale_mode(Some(settings)));
+            let input = sender.input_sender().clone();
+            settings.connect_changed(None, move |_, _| input.emit(VmWindowMsg::SettingsChanged));
+        }
         model.install_actions(&sender);
         let serial = model.serial.clone();
         model.ui.terminal.connect_commit(move |_, text, _| {
@@ -203,6 +219,16 @@ impl Component for VmWindow {
                 self.connection = None;
                 self.update_actions();
             }
+            VmWindowMsg::Act(VmAction::Destroy)
+                if settings::confirm(self.settings.as_ref(), "confirm-force-off") =>
+            {
+                let input = sender.input_sender().clone();
+                force_off_dialog::ask(&self.window, &self.info.name, move || {
+                    input.emit(VmWindowMsg::ForceOffConfirmed)
+                });
+            }
+            VmWindowMsg::ForceOffConfirmed => self.act(&sender, VmAction::Destroy),
+            VmWindowMsg::SettingsChanged => self.apply_settings(),
             VmWindowMsg::Act(action) => self.act(&sender, action),
             VmWindowMsg::TogglePause => {
                 let action = if self.info.state == "paused" {
@@ -277,6 +303,22 @@ impl Component for VmWindow {
 }
 
 impl VmWindow {
+    /// Takes the graph length and the grab keys from the preferences (the console's scaling is
+    /// only where a window starts: the user changes it per window).
+    fn apply_settings(&mut self) {
+        let settings = self.settings.as_ref();
+        self.graph_slots = settings::graph_history(settings);
+        for (_, graph, _) in &self.ui.graphs {
+            graph.set_slots(self.graph_slots);
+        }
+        self.show_graphs();
+        let key = settings::grab_key(settings);
+        self.ui.display.set_grab_key(key);
+        self.ui
+            .grab_hint
+            .set_label(&grab_hint(self.ui.display.is_grabbed(), key));
+    }
+
     fn toast(&self, message: &str) {
         let toast = adw::Toast::new(message);
         toast.set_timeout(6);
@@ -459,8 +501,8 @@ impl VmWindow {
     fn show_graphs(&self) {
         for (series, graph, value) in &self.ui.graphs {
             graph.set_values(
-                self.history.values(*series, GRAPH_SLOTS),
-                self.history.scale_max(*series, GRAPH_SLOTS),
+                self.history.values(*series, self.graph_slots),
+                self.history.scale_max(*series, self.graph_slots),
             );
             let now = self.history.last().map(|s| series.value(s));
             value.set_label(&match (series, now) {
@@ -506,7 +548,11 @@ impl VmWindow {
         let scale = gio::SimpleAction::new_stateful(
             "scale",
             Some(glib::VariantTy::STRING),
-            &"fit".to_variant(),
+            &match settings::scale_mode(self.settings.as_ref()) {
+                ScaleMode::OneToOne => "1:1",
+                ScaleMode::Fit => "fit",
+            }
+            .to_variant(),
         );
         let input = sender.input_sender().clone();
         scale.connect_activate(move |action, parameter| {
@@ -568,6 +614,13 @@ impl VmWindow {
             ));
         }
         self.ui.terminal.add_controller(shortcuts);
+        // F11 reaches the guest while the console holds the keyboard, the window otherwise.
+        let window_keys = gtk::ShortcutController::new();
+        window_keys.add_shortcut(gtk::Shortcut::new(
+            gtk::ShortcutTrigger::parse_string("F11"),
+            Some(gtk::NamedAction::new("vm.fullscreen")),
+        ));
+        self.window.add_controller(window_keys);
     }
 
     fn update_actions(&self) {
@@ -617,6 +670,15 @@ impl VmWindow {
         });
         chooser.show();
         self.screenshot_chooser = Some(chooser);
+    }
+}
+
+/// The console's line about the keyboard: how to grab it, or how to let it go.
+fn grab_hint(grabbed: bool, key: GrabKey) -> String {
+    if grabbed {
+        gettext("Keyboard grabbed: press {keys} to release").replace("{keys}", &key.label())
+    } else {
+        gettext("Click the display to send the keyboard to the VM")
     }
 }
 
@@ -674,12 +736,11 @@ fn build_ui(window: &adw::Window, sender: &ComponentSender<VmWindow>) -> Ui {
         .css_classes(["dim-label"])
         .build();
     let hint = grab_hint.clone();
+    let widget = display.downgrade();
     display.connect_grab_changed(move |grabbed| {
-        hint.set_label(&if grabbed {
-            gettext("Keyboard grabbed: press Ctrl+Alt to release")
-        } else {
-            gettext("Click the display to send the keyboard to the VM")
-        });
+        if let Some(display) = widget.upgrade() {
+            hint.set_label(&crate::vm_window::grab_hint(grabbed, display.grab_key()));
+        }
     });
     let toolbar = gtk::Box::new(gtk::Orientation::Horizontal, 4);
     toolbar.add_css_class("console-toolbar");
@@ -856,7 +917,7 @@ fn build_ui(window: &adw::Window, sender: &ComponentSender<VmWindow>) -> Ui {
             .xalign(1.0)
             .css_classes(["numeric"])
             .build();
-        let graph = Graph::new(GRAPH_SLOTS, false);
+        let graph = Graph::new(settings::graph_history(None), false);
         graph.set_hexpand(true);
         graph.set_vexpand(true);
         graph.update_property(&[gtk::accessible::Property::Label(&series_title(series))]);
@@ -884,6 +945,7 @@ fn build_ui(window: &adw::Window, sender: &ComponentSender<VmWindow>) -> Ui {
 
     Ui {
         toasts,
+        grab_hint,
         pages: stack,
         display,
         console_stack,

@@ -77,5 +77,21 @@ fn install_user_data_installs_valid_desktop_files() {
         );
         assert!(svg.trim_end().ends_with("</svg>"), "{icon}");
     }
+    // The preferences' schema is installed compiled, where GLib finds it: `gsettings` reads
+    // the defaults from it.
+    file("glib-2.0/schemas/dev.hangar.App.gschema.xml");
+    file("glib-2.0/schemas/gschemas.compiled");
+    let keys = Command::new("gsettings")
+        .env("GSETTINGS_SCHEMA_DIR", data.join("glib-2.0/schemas"))
+        .env("GSETTINGS_BACKEND", "memory")
+        .args(["list-recursively", "dev.hangar.App"])
+        .output()
+        .expect("run gsettings (libglib2.0-bin)");
+    let keys = String::from_utf8_lossy(&keys.stdout);
+    assert!(
+        keys.contains("dev.hangar.App grab-key 'ctrl-alt'")
+            && keys.contains("dev.hangar.App stats-interval uint32 1000"),
+        "{keys}"
+    );
     std::fs::remove_dir_all(&root).unwrap();
 }

@@ -76,6 +76,19 @@ fn run_driver(script: &str) {
     );
     let tiny_dir = String::from_utf8(tiny.stdout).unwrap().trim().to_string();
 
+    // The AT-SPI bus of this session puts its socket in XDG_RUNTIME_DIR, or without one in the
+    // shared ~/.cache/at-spi, where the next session's bus would replace it under our feet.
+    let runtime = std::env::temp_dir().join(format!(
+        "hangar-gui-{}-{}",
+        std::process::id(),
+        script.trim_end_matches(".py")
+    ));
+    std::fs::create_dir_all(&runtime).unwrap();
+    std::fs::set_permissions(
+        &runtime,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
     let status = Command::new("timeout")
         .args(["600", "dbus-run-session", "--", "/usr/bin/python3"])
         .arg(repo().join("tests/gui").join(script))
@@ -85,8 +98,10 @@ fn run_driver(script: &str) {
         .env("TINY_GUESTS", tiny_dir)
         .env_remove("DISPLAY")
         .env_remove("WAYLAND_DISPLAY")
+        .env("XDG_RUNTIME_DIR", &runtime)
         .status()
         .expect("run dbus-run-session");
+    let _ = std::fs::remove_dir_all(&runtime);
     assert!(
         status.success(),
         "the GUI checks of {script} failed (see the lines above)"
@@ -101,4 +116,9 @@ fn the_gui_manages_vms_under_xvfb_through_at_spi() {
 #[test]
 fn the_new_vm_assistant_creates_a_vm_and_cancel_leaves_nothing() {
     run_driver("wizard.py");
+}
+
+#[test]
+fn preferences_take_effect_and_last_and_force_off_asks_first() {
+    run_driver("preferences.py");
 }

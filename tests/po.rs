@@ -68,6 +68,7 @@ fn russian_translation_is_complete() {
             "--from-code=UTF-8",
             "--keyword=gettext",
             "--keyword=gettext_noop",
+            "--keyword=ngettext:1,2",
             "--files-from=po/POTFILES",
             "--output",
         ])

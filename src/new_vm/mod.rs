@@ -903,7 +903,6 @@ fn switch_row(
     subtitle: &str,
 ) -> gtk::Switch {
     let switch = gtk::Switch::builder().valign(gtk::Align::Center).build();
-    switch.update_property(&[gtk::accessible::Property::Label(title)]);
     let row = adw::ActionRow::builder()
         .title(title)
         .subtitle(subtitle)

@@ -137,6 +137,12 @@ impl Graph {
         graph
     }
 
+    /// How many samples span the graph.
+    pub fn set_slots(&self, slots: usize) {
+        self.imp().slots.set(slots);
+        self.queue_draw();
+    }
+
     /// New values (oldest first) on an axis from 0 to `max`.
     pub fn set_values(&self, values: Vec<f64>, max: f64) {
         *self.imp().values.borrow_mut() = values;

@@ -288,6 +288,9 @@ def start_session(**overrides):
         NO_AT_BRIDGE="0",
         LANGUAGE="en",
         LC_ALL="C.UTF-8",
+        # Preferences go to a keyfile in the private XDG_CONFIG_HOME, so they last across a
+        # restart of the GUI within a test and never touch the real ones.
+        GSETTINGS_BACKEND="keyfile",
     )
     env.update(overrides)
     os.environ.update(env)
@@ -336,10 +339,8 @@ def run(main):
             except (ValueError, OSError):
                 pass
         if failed:
-            for log in ("hangar.log", "hangard.log"):
-                path = os.path.join(work, log)
-                if os.path.exists(path):
-                    print(f"--- {log}\n" + open(path, errors="replace").read()[-4000:])
+            for path in sorted(glob.glob(os.path.join(work, "*.log"))):
+                print(f"--- {os.path.basename(path)}\n" + open(path, errors="replace").read()[-4000:])
         shutil.rmtree(work, ignore_errors=True)
         print(f"{passed} passed, {failed} failed")
         sys.exit(1 if failed or passed == 0 else 0)

@@ -100,11 +100,87 @@ pub fn combo_events(keys: &[u32]) -> Vec<(u32, bool)> {
         .collect()
 }
 
-/// The grab is released by Ctrl+Alt (either side), as in virt-manager.
-pub fn is_release_combo(ctrl: bool, alt: bool, evdev: u32) -> bool {
-    const CTRL: [u32; 2] = [29, 97];
-    const ALT: [u32; 2] = [56, 100];
-    (ctrl && ALT.contains(&evdev)) || (alt && CTRL.contains(&evdev))
+/// The keys that give the keyboard back to the host while a console holds it (a preference).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GrabKey {
+    /// Ctrl+Alt, either side, as in virt-manager.
+    #[default]
+    CtrlAlt,
+    /// Ctrl+Alt+Shift, for guests that need Ctrl+Alt combinations themselves.
+    CtrlAltShift,
+    /// The right Ctrl key alone, VirtualBox's host key.
+    RightCtrl,
+}
+
+/// The modifiers held when a key goes down.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Modifiers {
+    pub ctrl: bool,
+    pub alt: bool,
+    pub shift: bool,
+}
+
+pub const KEY_RIGHTCTRL: u32 = 97;
+pub const KEY_LEFTSHIFT: u32 = 42;
+const CTRL_KEYS: [u32; 2] = [KEY_LEFTCTRL, KEY_RIGHTCTRL];
+const ALT_KEYS: [u32; 2] = [KEY_LEFTALT, 100];
+const SHIFT_KEYS: [u32; 2] = [KEY_LEFTSHIFT, 54];
+
+impl GrabKey {
+    /// From its GSettings nick; an unknown one is the default.
+    pub fn from_nick(nick: &str) -> GrabKey {
+        match nick {
+            "ctrl-alt-shift" => GrabKey::CtrlAltShift,
+            "right-ctrl" => GrabKey::RightCtrl,
+            _ => GrabKey::CtrlAlt,
+        }
+    }
+
+    pub const ALL: [GrabKey; 3] = [GrabKey::CtrlAlt, GrabKey::CtrlAltShift, GrabKey::RightCtrl];
+
+    pub fn nick(self) -> &'static str {
+        match self {
+            GrabKey::CtrlAlt => "ctrl-alt",
+            GrabKey::CtrlAltShift => "ctrl-alt-shift",
+            GrabKey::RightCtrl => "right-ctrl",
+        }
+    }
+
+    /// As the user reads it.
+    pub fn label(self) -> String {
+        match self {
+            GrabKey::CtrlAlt => "Ctrl+Alt".to_string(),
+            GrabKey::CtrlAltShift => "Ctrl+Alt+Shift".to_string(),
+            GrabKey::RightCtrl => gettextrs::gettext("Right Ctrl"),
+        }
+    }
+
+    /// Whether pressing `evdev` while `held` are down completes the combination.
+    pub fn releases(self, held: Modifiers, evdev: u32) -> bool {
+        let (ctrl, alt, shift) = (
+            CTRL_KEYS.contains(&evdev),
+            ALT_KEYS.contains(&evdev),
+            SHIFT_KEYS.contains(&evdev),
+        );
+        match self {
+            GrabKey::CtrlAlt => (held.ctrl && alt) || (held.alt && ctrl),
+            GrabKey::CtrlAltShift => {
+                (held.ctrl && held.alt && shift)
+                    || (held.ctrl && held.shift && alt)
+                    || (held.alt && held.shift && ctrl)
+            }
+            GrabKey::RightCtrl => evdev == KEY_RIGHTCTRL && !held.alt && !held.shift,
+        }
+    }
+
+    /// The keys the guest saw go down on the way to the combination, to let go of in it.
+    pub fn held_keys(self) -> &'static [u32] {
+        match self {
+            GrabKey::CtrlAlt => &[KEY_LEFTCTRL, KEY_LEFTALT],
+            GrabKey::CtrlAltShift => &[KEY_LEFTCTRL, KEY_LEFTALT, KEY_LEFTSHIFT],
+            GrabKey::RightCtrl => &[],
+        }
+    }
 }
 
 #[cfg(test)]
@@ -177,10 +253,34 @@ mod tests {
     }
 
     #[test]
-    fn ctrl_alt_releases_the_grab() {
-        assert!(is_release_combo(true, false, KEY_LEFTALT));
-        assert!(is_release_combo(false, true, KEY_LEFTCTRL));
-        assert!(!is_release_combo(true, false, 30));
-        assert!(!is_release_combo(false, false, KEY_LEFTALT));
+    fn the_grab_key_releases_the_grab() {
+        let ctrl = Modifiers {
+            ctrl: true,
+            ..Modifiers::default()
+        };
+        let alt = Modifiers {
+            alt: true,
+            ..Modifiers::default()
+        };
+        let none = Modifiers::default();
+        assert!(GrabKey::CtrlAlt.releases(ctrl, KEY_LEFTALT));
+        assert!(GrabKey::CtrlAlt.releases(alt, KEY_RIGHTCTRL));
+        assert!(!GrabKey::CtrlAlt.releases(ctrl, 30));
+        assert!(!GrabKey::CtrlAlt.releases(none, KEY_LEFTALT));
+        // Ctrl+Alt reaches the guest when the release needs Shift too.
+        assert!(!GrabKey::CtrlAltShift.releases(ctrl, KEY_LEFTALT));
+        let ctrl_alt = Modifiers {
+            ctrl: true,
+            alt: true,
+            shift: false,
+        };
+        assert!(GrabKey::CtrlAltShift.releases(ctrl_alt, KEY_LEFTSHIFT));
+        assert!(GrabKey::RightCtrl.releases(none, KEY_RIGHTCTRL));
+        assert!(!GrabKey::RightCtrl.releases(none, KEY_LEFTCTRL));
+        assert!(!GrabKey::RightCtrl.releases(alt, KEY_RIGHTCTRL));
+        for key in GrabKey::ALL {
+            assert_eq!(GrabKey::from_nick(key.nick()), key);
+        }
+        assert_eq!(GrabKey::from_nick("nonsense"), GrabKey::CtrlAlt);
     }
 }

@@ -9,7 +9,7 @@ use gtk::prelude::*;
 use gtk::subclass::prelude::*;
 use gtk::{gdk, glib, graphene};
 
-use super::input::{self, ScaleMode};
+use super::input::{self, GrabKey, ScaleMode};
 use super::socket::{write_all, LineReader, SharedFramebuffer};
 use super::stream::{parse_event, DisplayEvent, FramebufferInfo, InputCommand, MouseButton};
 use super::tiles::{tile_bgr, TileGrid};
@@ -34,6 +34,7 @@ mod imp {
         pub frame: RefCell<Option<Frame>>,
         pub mode: Cell<ScaleMode>,
         pub grabbed: Cell<bool>,
+        pub grab_key: Cell<GrabKey>,
         pub on_grab: Callback<bool>,
         pub on_frame: Callback<(u32, u32)>,
         pub on_closed: Callback<String>,
@@ -49,6 +50,7 @@ mod imp {
                 frame: RefCell::default(),
                 mode: Cell::new(ScaleMode::Fit),
                 grabbed: Cell::new(false),
+                grab_key: Cell::default(),
                 on_grab: RefCell::default(),
                 on_frame: RefCell::default(),
                 on_closed: RefCell::default(),
@@ -288,6 +290,15 @@ impl DisplayWidget {
         }
     }
 
+    /// The keys that end a keyboard grab.
+    pub fn set_grab_key(&self, key: GrabKey) {
+        self.imp().grab_key.set(key);
+    }
+
+    pub fn grab_key(&self) -> GrabKey {
+        self.imp().grab_key.get()
+    }
+
     pub fn set_scale_mode(&self, mode: ScaleMode) {
         self.imp().mode.set(mode);
         self.queue_draw();
@@ -391,18 +402,17 @@ impl DisplayWidget {
             let Some(code) = input::evdev_code(keycode) else {
                 return glib::Propagation::Stop;
             };
-            let ctrl = state.contains(gdk::ModifierType::CONTROL_MASK);
-            let alt = state.contains(gdk::ModifierType::ALT_MASK);
-            if input::is_release_combo(ctrl, alt, code) {
+            let held = input::Modifiers {
+                ctrl: state.contains(gdk::ModifierType::CONTROL_MASK),
+                alt: state.contains(gdk::ModifierType::ALT_MASK),
+                shift: state.contains(gdk::ModifierType::SHIFT_MASK),
+            };
+            let grab_key = widget.imp().grab_key.get();
+            if grab_key.releases(held, code) {
                 // Let go of the modifiers the guest saw pressed.
-                widget.send(InputCommand::Key {
-                    code: input::KEY_LEFTCTRL,
-                    down: false,
-                });
-                widget.send(InputCommand::Key {
-                    code: input::KEY_LEFTALT,
-                    down: false,
-                });
+                for &code in grab_key.held_keys() {
+                    widget.send(InputCommand::Key { code, down: false });
+                }
                 widget.set_grabbed(false);
                 return glib::Propagation::Stop;
             }
