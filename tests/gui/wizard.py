@@ -163,6 +163,39 @@ def main():
           info.stdout[:300] + info.stderr)
     ctl("destroy", "wizvm")
 
+    # An existing qcow2 imported, with "Customize before start": defined, not started, and its
+    # window opens on the Details page.
+    base = os.path.join(work, "base.qcow2")
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", base, "3G"], check=True)
+    wizard = open_wizard(app, window)
+    click_at(find(wizard, "check box", prefix="Import a disk image"), TITLE)
+    image = wait_until("the image entry", lambda: entry(wizard, "Disk image"), 10)
+    type_into(image, base, TITLE)
+    type_into(entry(wizard, "Kernel"), os.path.join(TINY, "echo.elf"), TITLE)
+    click(wait_until("Next", lambda: sensitive(next_button(wizard)) and next_button(wizard), 10))
+    check("an image to import is read: its format and virtual size",
+          label_shown(wizard, "qcow2") is not None
+          and wait_until("size", lambda: [n for n in find_all(wizard, "label", prefix="3.0 GiB for the guest")
+                                         if showing(n)], 10) is not None,
+          [n.name for n in find_all(wizard, "label") if showing(n)][-12:])
+    for _ in range(3):
+        click(wait_until("Next", lambda: sensitive(next_button(wizard)) and next_button(wizard), 10))
+    type_into(wait_until("name", lambda: entry(wizard, "Name"), 10), "imported", TITLE)
+    customize = next((n for n in find_all(wizard, "check box", "Customize before start") if showing(n)), None)
+    if customize is not None:
+        click(customize)
+    create = wait_until("Create", lambda: next_button(wizard).name == "Create" and next_button(wizard), 10)
+    check("with Customize before start the last button only creates", create is not None)
+    if create is not None:
+        click(create)
+    imported = find(app, "frame", "imported – Hangar", timeout=30)
+    details = imported and wait_until("the Details page", lambda: next(
+        (t for t in find_all(imported, "page tab", "Details") if harness.has_state(t, pyatspi.STATE_SELECTED)), None), 10)
+    volumes = [v["name"] for v in json.loads(ctl("vol-list", "--json"))]
+    check("…the VM is defined but not started, its window opens on Details, the image is in the pool",
+          imported is not None and details is not None and vm_state("imported") == "shutoff"
+          and "imported.qcow2" in volumes, (vm_state("imported"), volumes))
+
     # Cancel leaves nothing behind, even after filling in every step.
     before = state_of_pool(env)
     wizard = open_wizard(app, window)
