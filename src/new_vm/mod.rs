@@ -793,13 +793,24 @@ fn on_edit<W: IsA<gtk::Editable>>(
     filling: &Rc<Cell<bool>>,
     field: Option<Field>,
 ) {
+    let edit = user_edit(sender, filling, move || NewVmMsg::Edited(field));
+    widget.connect_changed(move |_| edit());
+}
+
+/// A callback that sends `message()` when the user changed a widget, and does nothing while
+/// the code fills the widgets in from the draft.
+fn user_edit(
+    sender: &ComponentSender<NewVmWizard>,
+    filling: &Rc<Cell<bool>>,
+    message: impl Fn() -> NewVmMsg + 'static,
+) -> impl Fn() + 'static {
     let input = sender.input_sender().clone();
     let filling = filling.clone();
-    widget.connect_changed(move |_| {
+    move || {
         if !filling.get() {
-            input.emit(NewVmMsg::Edited(field));
+            input.emit(message());
         }
-    });
+    }
 }
 
 /// A spin button's value changes when its text is committed (Enter, leaving it, the arrows),
@@ -811,13 +822,8 @@ fn on_spin_edit(
     field: Field,
 ) {
     on_edit(spin, sender, filling, Some(field));
-    let input = sender.input_sender().clone();
-    let filling = filling.clone();
-    spin.connect_value_changed(move |_| {
-        if !filling.get() {
-            input.emit(NewVmMsg::Edited(Some(field)));
-        }
-    });
+    let edit = user_edit(sender, filling, move || NewVmMsg::Edited(Some(field)));
+    spin.connect_value_changed(move |_| edit());
 }
 
 fn error_for(errors: &mut HashMap<Field, ErrorRow>, group: &adw::PreferencesGroup, field: Field) {
@@ -910,13 +916,8 @@ fn switch_row(
         .build();
     row.add_suffix(&switch);
     group.add(&row);
-    let input = sender.input_sender().clone();
-    let filling = filling.clone();
-    switch.connect_active_notify(move |_| {
-        if !filling.get() {
-            input.emit(NewVmMsg::Edited(None));
-        }
-    });
+    let edit = user_edit(sender, filling, || NewVmMsg::Edited(None));
+    switch.connect_active_notify(move |_| edit());
     switch
 }
 
@@ -948,15 +949,10 @@ fn forward_row(
     udp.update_property(&[gtk::accessible::Property::Label(
         &gettext("Protocol, forward {n}").replace("{n}", &(index + 1).to_string()),
     )]);
-    {
-        let input = sender.input_sender().clone();
-        let filling = filling.clone();
-        udp.connect_selected_notify(move |_| {
-            if !filling.get() {
-                input.emit(NewVmMsg::Edited(Some(Field::Forward(index))));
-            }
-        });
-    }
+    let edit = user_edit(sender, filling, move || {
+        NewVmMsg::Edited(Some(Field::Forward(index)))
+    });
+    udp.connect_selected_notify(move |_| edit());
     let remove = gtk::Button::builder()
         .icon_name("user-trash-symbolic")
         .valign(gtk::Align::Center)
@@ -1035,11 +1031,10 @@ fn build_ui(
         (&source_import, Source::Import),
         (&source_sample, Source::Sample),
     ] {
-        let input = sender.input_sender().clone();
-        let filling = filling.clone();
+        let choose = user_edit(sender, filling, move || NewVmMsg::Source(source));
         check.connect_toggled(move |check| {
-            if check.is_active() && !filling.get() {
-                input.emit(NewVmMsg::Source(source));
+            if check.is_active() {
+                choose();
             }
         });
     }
@@ -1157,15 +1152,10 @@ fn build_ui(
         .title(gettext("Volume"))
         .model(&volume_names)
         .build();
-    {
-        let input = sender.input_sender().clone();
-        let filling = filling.clone();
-        volumes.connect_selected_notify(move |_| {
-            if !filling.get() {
-                input.emit(NewVmMsg::Edited(Some(Field::ExistingVolume)));
-            }
-        });
-    }
+    let edit = user_edit(sender, filling, || {
+        NewVmMsg::Edited(Some(Field::ExistingVolume))
+    });
+    volumes.connect_selected_notify(move |_| edit());
     storage_group.add(&volumes);
     error_for(&mut errors, &storage_group, Field::ExistingVolume);
     let (_, storage_none) = choice_row(
@@ -1179,11 +1169,10 @@ fn build_ui(
         (&storage_existing, Storage::Existing),
         (&storage_none, Storage::None),
     ] {
-        let input = sender.input_sender().clone();
-        let filling = filling.clone();
+        let choose = user_edit(sender, filling, move || NewVmMsg::Storage(storage));
         check.connect_toggled(move |check| {
-            if check.is_active() && !filling.get() {
-                input.emit(NewVmMsg::Storage(storage));
+            if check.is_active() {
+                choose();
             }
         });
     }

@@ -190,17 +190,18 @@ def type_into(widget, text, title):
     return wait_until("typed text", lambda: text_of(widget) == text, 10) is not None
 
 
-def click_at(widget, title):
-    """One real click in the middle of `widget`, in the window whose title matches `title`."""
+def click_at(widget, title, button=1, across=0.5):
+    """One real click (`button` 1 left, 3 right) on `widget`, `across` of its width from the
+    left and halfway down, in the window whose title matches `title`."""
     raise_window(title)
     time.sleep(0.3)
     ext = widget.queryComponent().getExtents(pyatspi.WINDOW_COORDS)
     geometry = subprocess.run(["xdotool", "search", "--name", title, "getwindowgeometry", "--shell"],
                               capture_output=True, text=True, timeout=10).stdout
     pos = dict(line.split("=", 1) for line in geometry.split() if "=" in line)
-    x = int(pos.get("X", 0)) + ext.x + ext.width // 2
+    x = int(pos.get("X", 0)) + ext.x + int(ext.width * across)
     y = int(pos.get("Y", 0)) + ext.y + ext.height // 2
-    subprocess.run(["xdotool", "mousemove", str(x), str(y), "click", "1"], timeout=10)
+    subprocess.run(["xdotool", "mousemove", str(x), str(y), "click", str(button)], timeout=10)
 
 
 def set_value(widget, value):

@@ -180,15 +180,7 @@ def main():
 
 def context_menu(row):
     """A real right-click on `row` of the manager's list."""
-    title = "^Hangar$"
-    harness.raise_window(title)
-    ext = row.queryComponent().getExtents(pyatspi.WINDOW_COORDS)
-    geometry = subprocess.run(["xdotool", "search", "--name", title, "getwindowgeometry", "--shell"],
-                              capture_output=True, text=True, timeout=10).stdout
-    pos = dict(line.split("=", 1) for line in geometry.split() if "=" in line)
-    x = int(pos.get("X", 0)) + ext.x + ext.width // 3
-    y = int(pos.get("Y", 0)) + ext.y + ext.height // 2
-    subprocess.run(["xdotool", "mousemove", str(x), str(y), "click", "3"], timeout=10)
+    click_at(row, "^Hangar$", button=3, across=1 / 3)
     time.sleep(0.8)
 
 
