@@ -13,6 +13,8 @@ use super::input::{self, GrabKey, ScaleMode};
 use super::socket::{write_all, LineReader, SharedFramebuffer};
 use super::stream::{parse_event, DisplayEvent, FramebufferInfo, InputCommand, MouseButton};
 use super::tiles::{tile_bgr, TileGrid};
+use super::trace::{self, FrameTrace};
+use crate::recording::FrameSource;
 
 type Callback<T> = RefCell<Option<Box<dyn Fn(T)>>>;
 
@@ -21,6 +23,8 @@ mod imp {
 
     pub struct Frame {
         pub info: FramebufferInfo,
+        /// Kept for the recorder, which maps it for itself.
+        pub memfd: OwnedFd,
         pub memory: SharedFramebuffer,
         pub grid: TileGrid,
         pub textures: Vec<Option<gdk::Texture>>,
@@ -39,6 +43,14 @@ mod imp {
         pub on_frame: Callback<(u32, u32)>,
         pub on_closed: Callback<String>,
         pub tiles_rebuilt: Cell<u64>,
+        /// `HANGAR_DISPLAY_TRACE`: damage in, frames out (see `trace`).
+        pub trace: RefCell<Option<FrameTrace>>,
+        /// Damage and resync messages taken in so far.
+        pub damage_seq: Cell<u64>,
+        /// The damage the latest snapshot holds, and the tiles it rebuilt, until the frame
+        /// clock says the frame was painted.
+        pub snapshot_seq: Cell<Option<(u64, u64)>>,
+        pub after_paint: RefCell<Option<(gdk::FrameClock, glib::SignalHandlerId)>>,
     }
 
     impl Default for DisplayWidget {
@@ -55,6 +67,10 @@ mod imp {
                 on_frame: RefCell::default(),
                 on_closed: RefCell::default(),
                 tiles_rebuilt: Cell::new(0),
+                trace: RefCell::new(FrameTrace::from_env()),
+                damage_seq: Cell::new(0),
+                snapshot_seq: Cell::new(None),
+                after_paint: RefCell::default(),
             }
         }
     }
@@ -87,6 +103,30 @@ mod imp {
     }
 
     impl WidgetImpl for DisplayWidget {
+        fn realize(&self) {
+            self.parent_realize();
+            if self.trace.borrow().is_none() {
+                return;
+            }
+            let Some(clock) = self.obj().frame_clock() else {
+                return;
+            };
+            let weak = self.obj().downgrade();
+            let handler = clock.connect_after_paint(move |_| {
+                if let Some(widget) = weak.upgrade() {
+                    widget.imp().painted();
+                }
+            });
+            *self.after_paint.borrow_mut() = Some((clock, handler));
+        }
+
+        fn unrealize(&self) {
+            if let Some((clock, handler)) = self.after_paint.borrow_mut().take() {
+                clock.disconnect(handler);
+            }
+            self.parent_unrealize();
+        }
+
         fn measure(&self, orientation: gtk::Orientation, _for_size: i32) -> (i32, i32, i32, i32) {
             let natural = self
                 .frame
@@ -144,6 +184,22 @@ mod imp {
             }
             snapshot.pop();
             self.tiles_rebuilt.set(self.tiles_rebuilt.get() + rebuilt);
+            if self.trace.borrow().is_some() {
+                let tiles = self.snapshot_seq.get().map_or(0, |(_, t)| t);
+                self.snapshot_seq
+                    .set(Some((self.damage_seq.get(), tiles + rebuilt)));
+            }
+        }
+    }
+
+    impl DisplayWidget {
+        /// The frame clock finished painting: a snapshot taken for it is on screen now.
+        fn painted(&self) {
+            if let Some((seq, tiles)) = self.snapshot_seq.take() {
+                if let Some(trace) = self.trace.borrow_mut().as_mut() {
+                    trace.write(&trace::frame_line(trace::monotonic_ns(), seq, tiles));
+                }
+            }
         }
     }
 }
@@ -240,6 +296,7 @@ impl DisplayWidget {
                 let grid = TileGrid::new(info.width, info.height);
                 *imp.frame.borrow_mut() = Some(imp::Frame {
                     info,
+                    memfd: fd,
                     memory,
                     grid,
                     textures: vec![None; grid.len()],
@@ -251,6 +308,11 @@ impl DisplayWidget {
                 }
             }
             DisplayEvent::Damage(rects) => {
+                let seq = imp.damage_seq.get() + 1;
+                imp.damage_seq.set(seq);
+                if let Some(trace) = imp.trace.borrow_mut().as_mut() {
+                    trace.write(&trace::damage_line(seq, trace::monotonic_ns(), &rects));
+                }
                 if let Some(frame) = imp.frame.borrow_mut().as_mut() {
                     for rect in &rects {
                         for tile in frame.grid.touched(rect) {
@@ -266,6 +328,11 @@ impl DisplayWidget {
                 return Ok(());
             }
             DisplayEvent::Resync => {
+                let seq = imp.damage_seq.get() + 1;
+                imp.damage_seq.set(seq);
+                if let Some(trace) = imp.trace.borrow_mut().as_mut() {
+                    trace.write(&trace::resync_line(seq, trace::monotonic_ns()));
+                }
                 if let Some(frame) = imp.frame.borrow_mut().as_mut() {
                     frame.dirty.iter_mut().for_each(|d| *d = true);
                 }
@@ -315,6 +382,19 @@ impl DisplayWidget {
     /// Tiles turned into textures so far (a measure of how little damage costs).
     pub fn tiles_rebuilt(&self) -> u64 {
         self.imp().tiles_rebuilt.get()
+    }
+
+    /// The framebuffer for the recorder: a duplicate of its memfd and its layout.
+    pub fn frame_source(&self) -> Option<FrameSource> {
+        let frame = self.imp().frame.borrow();
+        let frame = frame.as_ref()?;
+        Some(FrameSource {
+            memfd: frame.memfd.try_clone().ok()?,
+            width: frame.info.width,
+            height: frame.info.height,
+            stride: frame.info.stride,
+            size: frame.info.size as usize,
+        })
     }
 
     /// The whole framebuffer as an opaque texture, for a screenshot.
