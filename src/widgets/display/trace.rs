@@ -5,8 +5,8 @@
 //! ```text
 //! damage SEQ NS Y:H Y:H ...     damage message SEQ (from 1) arrived; the row bands it covers
 //! resync SEQ NS                 the worker dropped damage: everything counts as changed
-//! frame NS SEQ TILES            a frame was painted holding every damage up to SEQ, after
-//!                               rebuilding TILES tiles
+//! frame NS SEQ TILES SCALE      a frame was painted holding every damage up to SEQ, after
+//!                               rebuilding TILES tiles, the guest screen drawn at SCALE
 //! ```
 //!
 //! `bench/console.py` reads it. Without the variable nothing is written and nothing is timed.
@@ -41,8 +41,8 @@ pub fn resync_line(seq: u64, ns: u64) -> String {
     format!("resync {seq} {ns}\n")
 }
 
-pub fn frame_line(ns: u64, seq: u64, tiles: u64) -> String {
-    format!("frame {ns} {seq} {tiles}\n")
+pub fn frame_line(ns: u64, seq: u64, tiles: u64, scale: f64) -> String {
+    format!("frame {ns} {seq} {tiles} {scale:.3}\n")
 }
 
 /// The open trace file. Lines are written whole with one write each, unbuffered, so a GUI
@@ -101,7 +101,7 @@ mod tests {
         ];
         assert_eq!(damage_line(3, 42, &rects), "damage 3 42 80:52 700:4\n");
         assert_eq!(resync_line(4, 43), "resync 4 43\n");
-        assert_eq!(frame_line(44, 4, 135), "frame 44 4 135\n");
+        assert_eq!(frame_line(44, 4, 135, 1.0), "frame 44 4 135 1.000\n");
     }
 
     #[test]
@@ -111,11 +111,11 @@ mod tests {
         assert!(b >= a && a > 0);
         let dir = std::env::temp_dir().join(format!("hangar-trace-{}", std::process::id()));
         let mut trace = FrameTrace::open(&dir).unwrap();
-        trace.write(&frame_line(1, 2, 3));
-        trace.write(&frame_line(4, 5, 6));
+        trace.write(&frame_line(1, 2, 3, 0.5));
+        trace.write(&frame_line(4, 5, 6, 1.0));
         assert_eq!(
             std::fs::read_to_string(&dir).unwrap(),
-            "frame 1 2 3\nframe 4 5 6\n"
+            "frame 1 2 3 0.500\nframe 4 5 6 1.000\n"
         );
         std::fs::remove_file(&dir).unwrap();
     }

@@ -12,7 +12,7 @@ use gtk::{gdk, glib, graphene};
 use super::input::{self, GrabKey, ScaleMode};
 use super::socket::{write_all, LineReader, SharedFramebuffer};
 use super::stream::{parse_event, DisplayEvent, FramebufferInfo, InputCommand, MouseButton};
-use super::tiles::{tile_bgr, TileGrid};
+use super::tiles::{tile_bgr, tile_bgra, TileGrid};
 use super::trace::{self, FrameTrace};
 use crate::recording::FrameSource;
 
@@ -47,9 +47,9 @@ mod imp {
         pub trace: RefCell<Option<FrameTrace>>,
         /// Damage and resync messages taken in so far.
         pub damage_seq: Cell<u64>,
-        /// The damage the latest snapshot holds, and the tiles it rebuilt, until the frame
+        /// The damage the latest snapshot holds, the tiles it rebuilt and its scale, until the frame
         /// clock says the frame was painted.
-        pub snapshot_seq: Cell<Option<(u64, u64)>>,
+        pub snapshot_seq: Cell<Option<(u64, u64, f64)>>,
         pub after_paint: RefCell<Option<(gdk::FrameClock, glib::SignalHandlerId)>>,
     }
 
@@ -162,13 +162,13 @@ mod imp {
             for tile in frame.grid.all().collect::<Vec<_>>() {
                 let index = frame.grid.index(tile.column, tile.row);
                 if frame.dirty[index] || frame.textures[index].is_none() {
-                    let pixels = tile_bgr(frame.memory.bytes(), stride, &tile);
+                    let pixels = tile_bgra(frame.memory.bytes(), stride, &tile);
                     let texture = gdk::MemoryTexture::new(
                         tile.width as i32,
                         tile.height as i32,
-                        gdk::MemoryFormat::B8g8r8,
+                        gdk::MemoryFormat::B8g8r8a8Premultiplied,
                         &glib::Bytes::from_owned(pixels),
-                        tile.width as usize * 3,
+                        tile.width as usize * 4,
                     );
                     frame.textures[index] = Some(texture.upcast());
                     frame.dirty[index] = false;
@@ -185,9 +185,9 @@ mod imp {
             snapshot.pop();
             self.tiles_rebuilt.set(self.tiles_rebuilt.get() + rebuilt);
             if self.trace.borrow().is_some() {
-                let tiles = self.snapshot_seq.get().map_or(0, |(_, t)| t);
+                let tiles = self.snapshot_seq.get().map_or(0, |(_, t, _)| t);
                 self.snapshot_seq
-                    .set(Some((self.damage_seq.get(), tiles + rebuilt)));
+                    .set(Some((self.damage_seq.get(), tiles + rebuilt, scale)));
             }
         }
     }
@@ -195,9 +195,9 @@ mod imp {
     impl DisplayWidget {
         /// The frame clock finished painting: a snapshot taken for it is on screen now.
         fn painted(&self) {
-            if let Some((seq, tiles)) = self.snapshot_seq.take() {
+            if let Some((seq, tiles, scale)) = self.snapshot_seq.take() {
                 if let Some(trace) = self.trace.borrow_mut().as_mut() {
-                    trace.write(&trace::frame_line(trace::monotonic_ns(), seq, tiles));
+                    trace.write(&trace::frame_line(trace::monotonic_ns(), seq, tiles, scale));
                 }
             }
         }
