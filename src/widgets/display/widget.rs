@@ -7,12 +7,12 @@ use std::os::fd::{AsRawFd, OwnedFd};
 
 use gtk::prelude::*;
 use gtk::subclass::prelude::*;
-use gtk::{gdk, glib, graphene};
+use gtk::{cairo, gdk, glib, graphene, gsk};
 
 use super::input::{self, GrabKey, ScaleMode};
 use super::socket::{write_all, LineReader, SharedFramebuffer};
 use super::stream::{parse_event, DisplayEvent, FramebufferInfo, InputCommand, MouseButton};
-use super::tiles::{tile_bgr, tile_bgra, TileGrid};
+use super::tiles::{tile_bgr, tile_bgra, Tile, TileGrid};
 use super::trace::{self, FrameTrace};
 use crate::recording::FrameSource;
 
@@ -28,6 +28,8 @@ mod imp {
         pub memory: SharedFramebuffer,
         pub grid: TileGrid,
         pub textures: Vec<Option<gdk::Texture>>,
+        /// With GTK's cairo renderer: a cairo node per tile and the bounds it was drawn for.
+        pub nodes: Vec<Option<(gsk::RenderNode, [f32; 4])>>,
         pub dirty: Vec<bool>,
     }
 
@@ -124,6 +126,11 @@ mod imp {
             if let Some((clock, handler)) = self.after_paint.borrow_mut().take() {
                 clock.disconnect(handler);
             }
+            // The next renderer may be another kind: no tile is kept for the wrong one.
+            if let Some(frame) = self.frame.borrow_mut().as_mut() {
+                frame.textures.iter_mut().for_each(|t| *t = None);
+                frame.nodes.iter_mut().for_each(|n| *n = None);
+            }
             self.parent_unrealize();
         }
 
@@ -159,8 +166,40 @@ mod imp {
             snapshot.push_clip(&graphene::Rect::new(0.0, 0.0, width, height));
             let stride = frame.info.stride as usize;
             let mut rebuilt = 0;
+            // GTK 4.8's cairo renderer turns every texture it draws into a cairo surface, each
+            // time, through a float conversion per pixel: for the whole screen on every frame,
+            // damaged or not. Cairo nodes kept per tile are drawn from cairo surfaces directly,
+            // and the renderer's diff skips the tiles whose node did not change. The GL
+            // renderer uploads a texture once and keeps it, so it gets textures.
+            let cairo_renderer = widget
+                .native()
+                .and_then(|native| native.renderer())
+                .is_some_and(|renderer| renderer.is::<gsk::CairoRenderer>());
             for tile in frame.grid.all().collect::<Vec<_>>() {
                 let index = frame.grid.index(tile.column, tile.row);
+                let bounds = graphene::Rect::new(
+                    (view.x + tile.x as f64 * scale) as f32,
+                    (view.y + tile.y as f64 * scale) as f32,
+                    (tile.width as f64 * scale) as f32,
+                    (tile.height as f64 * scale) as f32,
+                );
+                if cairo_renderer {
+                    let key = [bounds.x(), bounds.y(), bounds.width(), bounds.height()];
+                    let fresh = frame.nodes[index]
+                        .as_ref()
+                        .is_some_and(|(_, drawn)| *drawn == key);
+                    if frame.dirty[index] || !fresh {
+                        frame.nodes[index] =
+                            tile_node(frame.memory.bytes(), stride, &tile, &bounds)
+                                .map(|node| (node, key));
+                        frame.dirty[index] = false;
+                        rebuilt += 1;
+                    }
+                    if let Some((node, _)) = &frame.nodes[index] {
+                        snapshot.append_node(node);
+                    }
+                    continue;
+                }
                 if frame.dirty[index] || frame.textures[index].is_none() {
                     let pixels = tile_bgra(frame.memory.bytes(), stride, &tile);
                     let texture = gdk::MemoryTexture::new(
@@ -174,12 +213,6 @@ mod imp {
                     frame.dirty[index] = false;
                     rebuilt += 1;
                 }
-                let bounds = graphene::Rect::new(
-                    (view.x + tile.x as f64 * scale) as f32,
-                    (view.y + tile.y as f64 * scale) as f32,
-                    (tile.width as f64 * scale) as f32,
-                    (tile.height as f64 * scale) as f32,
-                );
                 snapshot.append_texture(frame.textures[index].as_ref().unwrap(), &bounds);
             }
             snapshot.pop();
@@ -300,6 +333,7 @@ impl DisplayWidget {
                     memory,
                     grid,
                     textures: vec![None; grid.len()],
+                    nodes: vec![None; grid.len()],
                     dirty: vec![true; grid.len()],
                 });
                 self.queue_resize();
@@ -575,6 +609,51 @@ impl DisplayWidget {
         });
         self.add_controller(scroll);
     }
+}
+
+/// A tile as a cairo node: its pixels copied into a cairo RGB24 surface (x8r8g8b8 is cairo's
+/// own RGB24 layout, X byte ignored, so a plain row copy) and painted into `bounds`. `None`
+/// when cairo cannot make the surface (out of memory): the tile stays black, nothing panics.
+fn tile_node(
+    frame: &[u8],
+    stride: usize,
+    tile: &Tile,
+    bounds: &graphene::Rect,
+) -> Option<gsk::RenderNode> {
+    let mut surface =
+        cairo::ImageSurface::create(cairo::Format::Rgb24, tile.width as i32, tile.height as i32)
+            .ok()?;
+    let to_stride = surface.stride() as usize;
+    {
+        let mut data = surface.data().ok()?;
+        let row_bytes = tile.width as usize * 4;
+        for y in 0..tile.height as usize {
+            let from = (tile.y as usize + y) * stride + tile.x as usize * 4;
+            data[y * to_stride..y * to_stride + row_bytes]
+                .copy_from_slice(&frame[from..from + row_bytes]);
+        }
+    }
+    let node = gsk::CairoNode::new(bounds);
+    let cr = node.draw_context();
+    cr.translate(bounds.x() as f64, bounds.y() as f64);
+    let (sx, sy) = (
+        bounds.width() as f64 / tile.width as f64,
+        bounds.height() as f64 / tile.height as f64,
+    );
+    cr.scale(sx, sy);
+    cr.set_source_surface(&surface, 0.0, 0.0).ok()?;
+    let source = cr.source();
+    // Neighbouring tiles meet without dark seams when scaled; 1:1 is a plain copy.
+    source.set_extend(cairo::Extend::Pad);
+    source.set_filter(if sx == 1.0 && sy == 1.0 {
+        cairo::Filter::Fast
+    } else {
+        cairo::Filter::Bilinear
+    });
+    cr.rectangle(0.0, 0.0, tile.width as f64, tile.height as f64);
+    cr.fill().ok()?;
+    drop(cr);
+    Some(node.upcast())
 }
 
 fn mouse_button(button: u32) -> Option<MouseButton> {
