@@ -10,6 +10,7 @@ pub mod i18n;
 pub mod manager;
 pub mod new_vm;
 pub mod preferences;
+pub mod recording;
 pub mod serial_text;
 pub mod settings;
 pub mod shortcuts;

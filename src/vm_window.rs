@@ -4,6 +4,7 @@
 use std::cell::RefCell;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::rc::Rc;
+use std::time::Instant;
 
 use adw::prelude::*;
 use gettextrs::gettext;
@@ -16,6 +17,7 @@ use zbus::Connection;
 use crate::connection::{self, VmAction, VmInfo};
 use crate::force_off_dialog;
 use crate::manager::series_title;
+use crate::recording::{naming, pacing::format_elapsed, Recording};
 use crate::serial_text::LineEndings;
 use crate::settings;
 use crate::stats_history::{format_bytes, Series, StatsHistory, HISTORY_LEN};
@@ -44,7 +46,26 @@ pub struct VmWindow {
     settings: Option<gio::Settings>,
     /// Samples across a Performance graph (a preference).
     graph_slots: usize,
+    recorder: Recorder,
     ui: Ui,
+}
+
+/// The console recording: at most one at a time, then its file being finished.
+#[derive(Default)]
+struct Recorder {
+    active: Option<ActiveRecording>,
+    /// Stopped, and the muxer is still finishing the file.
+    finishing: bool,
+    /// The window was closed while the file was being finished: it says it closed (and the
+    /// application may quit) only once the file is done, and the application stays up till then.
+    close_when_done: Option<gio::ApplicationHoldGuard>,
+    action: Option<gio::SimpleAction>,
+}
+
+struct ActiveRecording {
+    recording: Recording,
+    started: Instant,
+    clock: glib::SourceId,
 }
 
 /// The serial socket and its watch on the main loop.
@@ -73,6 +94,7 @@ struct Ui {
     details: DetailRows,
     graphs: Vec<(Series, Graph, gtk::Label)>,
     state_label: gtk::Label,
+    record_status: gtk::Label,
 }
 
 struct DetailRows {
@@ -105,6 +127,10 @@ pub enum VmWindowMsg {
     ShowPage(String),
     SettingsChanged,
     ForceOffConfirmed,
+    ToggleRecording,
+    RecordingTick,
+    /// The recording's file is finished (its path) or failed.
+    RecordingEnded(Result<std::path::PathBuf, String>),
     Closed,
 }
 
@@ -158,6 +184,7 @@ impl Component for VmWindow {
             screenshot_chooser: None,
             settings: settings::settings(),
             graph_slots: 0,
+            recorder: Recorder::default(),
             ui,
         };
         model.apply_settings();
@@ -202,9 +229,12 @@ impl Component for VmWindow {
                     self.history.clear();
                     self.open_streams(&sender);
                 } else if was_active && !self.info.is_active() {
+                    // What was recorded until the VM stopped is kept.
+                    self.stop_recording();
                     self.ui.display.detach();
                     self.show_not_running();
                 }
+                self.update_record_action();
             }
             VmWindowMsg::Sample(sample) => {
                 self.history.push(sample);
@@ -264,10 +294,41 @@ impl Component for VmWindow {
             }
             VmWindowMsg::Screenshot => self.screenshot(),
             VmWindowMsg::ShowPage(page) => self.ui.pages.set_visible_child_name(&page),
+            VmWindowMsg::ToggleRecording => {
+                if self.recorder.active.is_some() {
+                    self.stop_recording();
+                } else {
+                    self.start_recording(&sender);
+                }
+            }
+            VmWindowMsg::RecordingTick => self.show_recording_time(),
+            VmWindowMsg::RecordingEnded(result) => {
+                self.recorder.finishing = false;
+                self.ui.record_status.set_visible(false);
+                self.update_record_action();
+                let message = match result {
+                    Ok(path) => gettext("Recording saved to {path}")
+                        .replace("{path}", &path.display().to_string()),
+                    Err(error) => {
+                        gettext("Could not record the console: {error}").replace("{error}", &error)
+                    }
+                };
+                if self.recorder.close_when_done.take().is_some() {
+                    eprintln!("hangar: {message}");
+                    let _ = sender.output(VmWindowOutput::Closed(self.info.path.clone()));
+                } else {
+                    self.toast(&message);
+                }
+            }
             VmWindowMsg::Closed => {
+                self.stop_recording();
                 self.ui.display.detach();
                 self.serial.borrow_mut().take();
-                let _ = sender.output(VmWindowOutput::Closed(self.info.path.clone()));
+                if self.recorder.finishing {
+                    self.recorder.close_when_done = Some(relm4::main_application().hold());
+                } else {
+                    let _ = sender.output(VmWindowOutput::Closed(self.info.path.clone()));
+                }
             }
         }
     }
@@ -545,6 +606,13 @@ impl VmWindow {
         simple("resize-to-vm", || VmWindowMsg::ResizeToVm);
         simple("fullscreen", || VmWindowMsg::Fullscreen);
         simple("screenshot", || VmWindowMsg::Screenshot);
+        // Stateful, so that the Record toggle shows whether a recording runs.
+        let record = gio::SimpleAction::new_stateful("record", None, &false.to_variant());
+        let input = sender.input_sender().clone();
+        record.connect_activate(move |_, _| input.emit(VmWindowMsg::ToggleRecording));
+        group.add_action(&record);
+        self.recorder.action = Some(record);
+        self.update_record_action();
         let scale = gio::SimpleAction::new_stateful(
             "scale",
             Some(glib::VariantTy::STRING),
@@ -634,6 +702,83 @@ impl VmWindow {
                 other => vm_list::allows(&self.info.state, *other),
             };
             simple.set_enabled(connected && on);
+        }
+    }
+
+    fn update_record_action(&self) {
+        if let Some(action) = &self.recorder.action {
+            let recording = self.recorder.active.is_some();
+            action.set_state(&recording.to_variant());
+            action.set_enabled((recording || self.info.is_active()) && !self.recorder.finishing);
+        }
+    }
+
+    /// Records the console into the videos folder, named after the VM and the moment.
+    fn start_recording(&mut self, sender: &ComponentSender<Self>) {
+        let Some(source) = self.ui.display.frame_source() else {
+            self.toast(&gettext("There is no picture to record yet."));
+            return;
+        };
+        let dir = naming::videos_dir(
+            glib::user_special_dir(glib::UserDirectory::Videos),
+            &glib::home_dir(),
+        );
+        let stamp = glib::DateTime::now_local()
+            .and_then(|t| t.format("%Y-%m-%d-%H%M%S"))
+            .map(|s| s.to_string())
+            .unwrap_or_default();
+        let name = naming::file_name(&self.info.name, &stamp);
+        let path = naming::free_path(&dir, &name, |p| {
+            p.exists() || naming::partial_path(p).exists()
+        });
+        let input = sender.input_sender().clone();
+        let started = Recording::start(source, path, move |result| {
+            let result = result.map(|saved| saved.path).map_err(|e| e.to_string());
+            // Said on the main loop, where the window lives.
+            glib::idle_add_once(move || input.emit(VmWindowMsg::RecordingEnded(result)));
+        });
+        match started {
+            Ok(recording) => {
+                let input = sender.input_sender().clone();
+                let clock =
+                    glib::timeout_add_local(std::time::Duration::from_millis(250), move || {
+                        input.emit(VmWindowMsg::RecordingTick);
+                        glib::ControlFlow::Continue
+                    });
+                self.recorder.active = Some(ActiveRecording {
+                    recording,
+                    started: Instant::now(),
+                    clock,
+                });
+                self.ui.record_status.set_visible(true);
+                self.show_recording_time();
+            }
+            Err(error) => self.toast(
+                &gettext("Could not record the console: {error}")
+                    .replace("{error}", &error.to_string()),
+            ),
+        }
+        self.update_record_action();
+    }
+
+    /// Ends the recording; the file is finished on the recording's thread, and
+    /// `RecordingEnded` follows.
+    fn stop_recording(&mut self) {
+        let Some(active) = self.recorder.active.take() else {
+            return;
+        };
+        active.clock.remove();
+        active.recording.stop();
+        self.recorder.finishing = true;
+        self.ui.record_status.set_label(&gettext("Saving…"));
+        self.update_record_action();
+    }
+
+    fn show_recording_time(&self) {
+        if let Some(active) = &self.recorder.active {
+            self.ui
+                .record_status
+                .set_label(&format!("● {}", format_elapsed(active.started.elapsed())));
         }
     }
 
@@ -774,6 +919,18 @@ fn build_ui(window: &adw::Window, sender: &ComponentSender<VmWindow>) -> Ui {
         &gettext("Take Screenshot"),
         "vm.screenshot",
     ));
+    let record = gtk::ToggleButton::builder()
+        .icon_name("media-record-symbolic")
+        .tooltip_text(gettext("Record Video"))
+        .action_name("vm.record")
+        .build();
+    record.update_property(&[gtk::accessible::Property::Label(&gettext("Record"))]);
+    toolbar.append(&record);
+    let record_status = gtk::Label::builder()
+        .css_classes(["numeric", "recording-time"])
+        .visible(false)
+        .build();
+    toolbar.append(&record_status);
     toolbar.append(&icon_button(
         "view-fullscreen-symbolic",
         &gettext("Fullscreen"),
@@ -955,5 +1112,6 @@ fn build_ui(window: &adw::Window, sender: &ComponentSender<VmWindow>) -> Ui {
         details,
         graphs,
         state_label,
+        record_status,
     }
 }

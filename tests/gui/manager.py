@@ -11,6 +11,7 @@ with HANGAR, HANGARD, HANGARCTL and TINY_GUESTS set. Prints one line per check a
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,8 +24,19 @@ from harness import (HANGAR, HANGARD, TINY, check, children, click, click_into,
                      start_session, vm_state, wait_until, work)
 
 
+VIDEOS = None  # the XDG videos folder the GUI is given, under the scratch directory
+
+
 def main():
     env = start_session()
+    for tool in ("gst-discoverer-1.0", "gst-launch-1.0"):
+        if shutil.which(tool) is None:
+            sys.exit(f"gui test: {tool} is missing (scripts/install-deps installs it)")
+    # Recordings go to the XDG videos folder; GLib reads it from user-dirs.dirs.
+    global VIDEOS
+    VIDEOS = os.path.join(work, "videos")
+    with open(os.path.join(work, "config", "user-dirs.dirs"), "w") as f:
+        f.write(f'XDG_VIDEOS_DIR="{VIDEOS}"\n')
     spawn([HANGAR], "hangar.log", env)
     app = hangar_app()
     if app is None:
@@ -249,6 +261,113 @@ def main():
           f"before {sorted(running)}, after {sorted(after)}")
 
 
+def toggled(node):
+    # GTK 4.8 shows a toggle button as a push button, pressed while on.
+    return has_state(node, pyatspi.STATE_PRESSED) or has_state(node, pyatspi.STATE_CHECKED)
+
+
+def videos():
+    if not os.path.isdir(VIDEOS):
+        return []
+    return sorted(f for f in os.listdir(VIDEOS) if f.endswith(".webm"))
+
+
+def type_on_serial(vm, data):
+    """Writes to a VM's serial console socket directly, as any console client may."""
+    import socket
+    uuid = next(v["uuid"] for v in json.loads(ctl("list", "--all", "--json")) if v["name"] == vm)
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(os.path.join(work, "run", "hangar", uuid, "serial.sock"))
+        sock.sendall(data)
+        time.sleep(0.2)
+
+
+def video_ok(path, min_seconds, min_frames=1):
+    """Whether gst-discoverer-1.0 reports `path` as a WebM with a VP8 stream lasting at least
+    `min_seconds`, and gst-launch-1.0 decodes frames from it; with what was seen."""
+    out = subprocess.run(["gst-discoverer-1.0", path], capture_output=True, text=True, timeout=60).stdout
+    duration = next((line.split(":", 1)[1].strip() for line in out.splitlines()
+                     if line.strip().startswith("Duration:")), None)
+    seconds = 0.0
+    if duration:
+        for part in duration.split(":"):
+            seconds = seconds * 60 + float(part)
+    vp8 = any(line.strip().startswith("video #") and "VP8" in line for line in out.splitlines())
+    webm = any("container" in line and "WebM" in line for line in out.splitlines())
+    decoded = subprocess.run(
+        ["gst-launch-1.0", "-v", "filesrc", f"location={path}", "!", "matroskademux", "!", "vp8dec", "!",
+         "fakesink", "silent=false"], capture_output=True, text=True, timeout=60).stdout
+    frames = sum(1 for line in decoded.splitlines() if "chain" in line and "fakesink" in line)
+    detail = f"{os.path.basename(path)}: duration {seconds:.2f} s, webm {webm}, vp8 {vp8}, {frames} frames"
+    print(f"     ({detail})")
+    return seconds >= min_seconds and vp8 and webm and frames >= min_frames, detail
+
+
+def recording_check(fb_window):
+    """Record from the console toolbar: the elapsed time shows and advances, stopping saves a
+    WebM in the videos folder and says where in a toast; a VM that stops ends a recording."""
+    record = find(fb_window, "push button", "Record")
+    check("the console toolbar has a Record toggle, enabled", record is not None
+          and has_state(record, pyatspi.STATE_SENSITIVE))
+    if record is None:
+        return
+    click(record)
+    elapsed = find(fb_window, "label", prefix="● ", timeout=10)
+    check("recording shows the elapsed time beside the button", elapsed is not None and showing(elapsed),
+          [n.name for n in find_all(fb_window, "label")][:30])
+
+    def shown_seconds():
+        for node in find_all(fb_window, "label", prefix="● "):
+            minutes, seconds = node.name[2:].split(":")
+            if int(minutes) * 60 + int(seconds) >= 3:
+                return node.name
+        return None
+
+    advanced = wait_until("the time advancing", shown_seconds, 10)
+    check("the elapsed time advances (● 00:03)", advanced is not None,
+          [n.name for n in find_all(fb_window, "label", prefix="● ")])
+    check("the Record toggle is on while recording", toggled(record))
+    # The guest draws again while the recording runs: one more picture in the video.
+    type_on_serial("fb", b"d")
+    time.sleep(1.0)
+    parts = [f for f in os.listdir(VIDEOS) if f.endswith(".webm.part")] if os.path.isdir(VIDEOS) else []
+    check("while recording the file is written under a .part name in the videos folder", len(parts) == 1, parts)
+    click(record)
+    toast = find(fb_window, "label", prefix="Recording saved to ", timeout=30)
+    path = toast.name[len("Recording saved to "):] if toast is not None else ""
+    check("stopping says in a toast where the recording went (the XDG videos folder)",
+          toast is not None and os.path.dirname(path) == VIDEOS and os.path.basename(path).startswith("fb-")
+          and path.endswith(".webm"), path)
+    if toast is not None and os.path.isfile(path):
+        ok, detail = video_ok(path, 2.5, 3)
+        check("the recording is a WebM that gst-discoverer-1.0 reports with a VP8 stream, a duration "
+              "and frames (the first picture, the guest's new drawing, the closing frame)", ok, detail)
+    else:
+        check("the recording's file exists", False, path)
+    check("the Record toggle is off again", wait_until("unchecked", lambda: not toggled(record), 5)
+          is not None)
+    check("the elapsed time is hidden again", wait_until("hidden", lambda: not find_all(fb_window, "label", prefix="● "), 5)
+          is not None)
+
+    # The VM stops while recording: what was recorded is kept, and Record turns off.
+    before = set(videos())
+    check("Record is enabled again once the file is finished",
+          wait_until("Record enabled", lambda: has_state(record, pyatspi.STATE_SENSITIVE), 10) is not None)
+    click(record)
+    find(fb_window, "label", prefix="● ", timeout=10)
+    time.sleep(2.0)
+    ctl("destroy", "fb")
+    toast = wait_until("a second toast", lambda: next((n for n in find_all(fb_window, "label", prefix="Recording saved to ")
+                                                       if n.name[len("Recording saved to "):] not in
+                                                       {os.path.join(VIDEOS, f) for f in before}), None), 30)
+    path = toast.name[len("Recording saved to "):] if toast is not None else ""
+    ok, detail = video_ok(path, 1.0) if os.path.isfile(path) else (False, f"no file {path!r}")
+    check("a VM that stops while recording ends it with a playable WebM", ok, detail)
+    check("Record is off and disabled once the VM is off",
+          wait_until("record disabled", lambda: not has_state(record, pyatspi.STATE_SENSITIVE)
+                     and not toggled(record), 10) is not None)
+
+
 def console_check(app, window, listbox):
     fbdraw = os.path.join(TINY, "fbdraw.elf")
     if not os.path.exists(fbdraw):
@@ -295,6 +414,7 @@ def console_check(app, window, listbox):
     count = wait_until("the drawn rows on screen", lambda: drawn_pixels() >= 500 and drawn_pixels(), 20)
     check("the console shows what the guest drew (rows 100..163 in red, green = row)", count is not None,
           f"{drawn_pixels()} matching pixels")
+    recording_check(fb_window)
 
     # Keys typed on the console reach the guest's keyboard: kbd prints each scancode on serial.
     click(find(fb_window, "push button", "Close"))
@@ -336,7 +456,21 @@ def console_check(app, window, listbox):
     subprocess.run(["xdotool", "key", "ctrl+alt"], timeout=10)
     check("Ctrl+Alt lets the keyboard go",
           find(kb_window, "label", "Click the display to send the keyboard to the VM", timeout=5) is not None)
+
+    # Closing the window while recording still finishes the file.
+    before = set(videos())
+    record = find(kb_window, "push button", "Record")
+    click(record)
+    find(kb_window, "label", prefix="● ", timeout=10)
+    time.sleep(2.0)
     click(find(kb_window, "push button", "Close"))
+    new = wait_until("a finished recording", lambda: [f for f in videos() if f not in before
+                                                      and not f.endswith(".part")], 30)
+    leftovers = [f for f in os.listdir(VIDEOS) if f.endswith(".part")] if os.path.isdir(VIDEOS) else []
+    ok, detail = (False, "no file") if not new else video_ok(os.path.join(VIDEOS, new[0]), 1.0)
+    check("a window closed while recording still finishes a playable WebM", ok and not leftovers,
+          f"{detail}; leftovers {leftovers}")
+
 
 
 harness.run(main)

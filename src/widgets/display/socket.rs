@@ -163,6 +163,10 @@ impl SharedFramebuffer {
     }
 }
 
+// SAFETY: the mapping belongs to this value alone and is only ever read; handing the value to
+// another thread (the recorder's) hands over the mapping with it.
+unsafe impl Send for SharedFramebuffer {}
+
 impl Drop for SharedFramebuffer {
     fn drop(&mut self) {
         // SAFETY: unmapping exactly the mapping made in `map`.

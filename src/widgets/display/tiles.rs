@@ -99,6 +99,24 @@ pub fn tile_bgr(frame: &[u8], stride: usize, tile: &Tile) -> Vec<u8> {
     out
 }
 
+/// Copies one tile out of an x8r8g8b8 framebuffer as opaque premultiplied B8G8R8A8: the X
+/// byte (which may be 0) becomes 0xff. That is cairo's own ARGB32 layout on little-endian and
+/// GL's BGRA, so GTK takes the texture without converting it again, as it must for 3-byte
+/// pixels.
+pub fn tile_bgra(frame: &[u8], stride: usize, tile: &Tile) -> Vec<u8> {
+    let row_bytes = tile.width as usize * 4;
+    let mut out = vec![0u8; row_bytes * tile.height as usize];
+    for (y, row) in out.chunks_exact_mut(row_bytes).enumerate() {
+        let start = (tile.y as usize + y) * stride + tile.x as usize * 4;
+        let source = &frame[start..start + row_bytes];
+        for (to, from) in row.chunks_exact_mut(4).zip(source.chunks_exact(4)) {
+            let pixel = u32::from_le_bytes([from[0], from[1], from[2], from[3]]) | 0xff00_0000;
+            to.copy_from_slice(&pixel.to_le_bytes());
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,5 +175,22 @@ mod tests {
         let frame = [1, 2, 3, 0, 4, 5, 6, 0, 99, 99];
         let tile = TileGrid::new(2, 1).tile(0, 0);
         assert_eq!(tile_bgr(&frame, 10, &tile), [1, 2, 3, 4, 5, 6]);
+    }
+
+    #[test]
+    fn tiles_convert_to_opaque_bgra() {
+        // 1×2 tile at x=1 of a 2×2 framebuffer, stride with padding; X bytes 0 and 7.
+        let frame = [
+            9, 9, 9, 9, 1, 2, 3, 0, 99, 99, 9, 9, 9, 9, 4, 5, 6, 7, 99, 99,
+        ];
+        let tile = Tile {
+            column: 0,
+            row: 0,
+            x: 1,
+            y: 0,
+            width: 1,
+            height: 2,
+        };
+        assert_eq!(tile_bgra(&frame, 10, &tile), [1, 2, 3, 255, 4, 5, 6, 255]);
     }
 }

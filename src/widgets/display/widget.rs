@@ -7,12 +7,14 @@ use std::os::fd::{AsRawFd, OwnedFd};
 
 use gtk::prelude::*;
 use gtk::subclass::prelude::*;
-use gtk::{gdk, glib, graphene};
+use gtk::{cairo, gdk, glib, graphene, gsk};
 
 use super::input::{self, GrabKey, ScaleMode};
 use super::socket::{write_all, LineReader, SharedFramebuffer};
 use super::stream::{parse_event, DisplayEvent, FramebufferInfo, InputCommand, MouseButton};
-use super::tiles::{tile_bgr, TileGrid};
+use super::tiles::{tile_bgr, tile_bgra, Tile, TileGrid};
+use super::trace::{self, FrameTrace};
+use crate::recording::FrameSource;
 
 type Callback<T> = RefCell<Option<Box<dyn Fn(T)>>>;
 
@@ -21,9 +23,13 @@ mod imp {
 
     pub struct Frame {
         pub info: FramebufferInfo,
+        /// Kept for the recorder, which maps it for itself.
+        pub memfd: OwnedFd,
         pub memory: SharedFramebuffer,
         pub grid: TileGrid,
         pub textures: Vec<Option<gdk::Texture>>,
+        /// With GTK's cairo renderer: a cairo node per tile and the bounds it was drawn for.
+        pub nodes: Vec<Option<(gsk::RenderNode, [f32; 4])>>,
         pub dirty: Vec<bool>,
     }
 
@@ -39,6 +45,14 @@ mod imp {
         pub on_frame: Callback<(u32, u32)>,
         pub on_closed: Callback<String>,
         pub tiles_rebuilt: Cell<u64>,
+        /// `HANGAR_DISPLAY_TRACE`: damage in, frames out (see `trace`).
+        pub trace: RefCell<Option<FrameTrace>>,
+        /// Damage and resync messages taken in so far.
+        pub damage_seq: Cell<u64>,
+        /// The damage the latest snapshot holds, the tiles it rebuilt and its scale, until the frame
+        /// clock says the frame was painted.
+        pub snapshot_seq: Cell<Option<(u64, u64, f64)>>,
+        pub after_paint: RefCell<Option<(gdk::FrameClock, glib::SignalHandlerId)>>,
     }
 
     impl Default for DisplayWidget {
@@ -55,6 +69,10 @@ mod imp {
                 on_frame: RefCell::default(),
                 on_closed: RefCell::default(),
                 tiles_rebuilt: Cell::new(0),
+                trace: RefCell::new(FrameTrace::from_env()),
+                damage_seq: Cell::new(0),
+                snapshot_seq: Cell::new(None),
+                after_paint: RefCell::default(),
             }
         }
     }
@@ -87,6 +105,35 @@ mod imp {
     }
 
     impl WidgetImpl for DisplayWidget {
+        fn realize(&self) {
+            self.parent_realize();
+            if self.trace.borrow().is_none() {
+                return;
+            }
+            let Some(clock) = self.obj().frame_clock() else {
+                return;
+            };
+            let weak = self.obj().downgrade();
+            let handler = clock.connect_after_paint(move |_| {
+                if let Some(widget) = weak.upgrade() {
+                    widget.imp().painted();
+                }
+            });
+            *self.after_paint.borrow_mut() = Some((clock, handler));
+        }
+
+        fn unrealize(&self) {
+            if let Some((clock, handler)) = self.after_paint.borrow_mut().take() {
+                clock.disconnect(handler);
+            }
+            // The next renderer may be another kind: no tile is kept for the wrong one.
+            if let Some(frame) = self.frame.borrow_mut().as_mut() {
+                frame.textures.iter_mut().for_each(|t| *t = None);
+                frame.nodes.iter_mut().for_each(|n| *n = None);
+            }
+            self.parent_unrealize();
+        }
+
         fn measure(&self, orientation: gtk::Orientation, _for_size: i32) -> (i32, i32, i32, i32) {
             let natural = self
                 .frame
@@ -119,31 +166,73 @@ mod imp {
             snapshot.push_clip(&graphene::Rect::new(0.0, 0.0, width, height));
             let stride = frame.info.stride as usize;
             let mut rebuilt = 0;
+            // GTK 4.8's cairo renderer turns every texture it draws into a cairo surface, each
+            // time, through a float conversion per pixel: for the whole screen on every frame,
+            // damaged or not. Cairo nodes kept per tile are drawn from cairo surfaces directly,
+            // and the renderer's diff skips the tiles whose node did not change. The GL
+            // renderer uploads a texture once and keeps it, so it gets textures.
+            let cairo_renderer = widget
+                .native()
+                .and_then(|native| native.renderer())
+                .is_some_and(|renderer| renderer.is::<gsk::CairoRenderer>());
             for tile in frame.grid.all().collect::<Vec<_>>() {
                 let index = frame.grid.index(tile.column, tile.row);
-                if frame.dirty[index] || frame.textures[index].is_none() {
-                    let pixels = tile_bgr(frame.memory.bytes(), stride, &tile);
-                    let texture = gdk::MemoryTexture::new(
-                        tile.width as i32,
-                        tile.height as i32,
-                        gdk::MemoryFormat::B8g8r8,
-                        &glib::Bytes::from_owned(pixels),
-                        tile.width as usize * 3,
-                    );
-                    frame.textures[index] = Some(texture.upcast());
-                    frame.dirty[index] = false;
-                    rebuilt += 1;
-                }
                 let bounds = graphene::Rect::new(
                     (view.x + tile.x as f64 * scale) as f32,
                     (view.y + tile.y as f64 * scale) as f32,
                     (tile.width as f64 * scale) as f32,
                     (tile.height as f64 * scale) as f32,
                 );
+                if cairo_renderer {
+                    let key = [bounds.x(), bounds.y(), bounds.width(), bounds.height()];
+                    let fresh = frame.nodes[index]
+                        .as_ref()
+                        .is_some_and(|(_, drawn)| *drawn == key);
+                    if frame.dirty[index] || !fresh {
+                        frame.nodes[index] =
+                            tile_node(frame.memory.bytes(), stride, &tile, &bounds)
+                                .map(|node| (node, key));
+                        frame.dirty[index] = false;
+                        rebuilt += 1;
+                    }
+                    if let Some((node, _)) = &frame.nodes[index] {
+                        snapshot.append_node(node);
+                    }
+                    continue;
+                }
+                if frame.dirty[index] || frame.textures[index].is_none() {
+                    let pixels = tile_bgra(frame.memory.bytes(), stride, &tile);
+                    let texture = gdk::MemoryTexture::new(
+                        tile.width as i32,
+                        tile.height as i32,
+                        gdk::MemoryFormat::B8g8r8a8Premultiplied,
+                        &glib::Bytes::from_owned(pixels),
+                        tile.width as usize * 4,
+                    );
+                    frame.textures[index] = Some(texture.upcast());
+                    frame.dirty[index] = false;
+                    rebuilt += 1;
+                }
                 snapshot.append_texture(frame.textures[index].as_ref().unwrap(), &bounds);
             }
             snapshot.pop();
             self.tiles_rebuilt.set(self.tiles_rebuilt.get() + rebuilt);
+            if self.trace.borrow().is_some() {
+                let tiles = self.snapshot_seq.get().map_or(0, |(_, t, _)| t);
+                self.snapshot_seq
+                    .set(Some((self.damage_seq.get(), tiles + rebuilt, scale)));
+            }
+        }
+    }
+
+    impl DisplayWidget {
+        /// The frame clock finished painting: a snapshot taken for it is on screen now.
+        fn painted(&self) {
+            if let Some((seq, tiles, scale)) = self.snapshot_seq.take() {
+                if let Some(trace) = self.trace.borrow_mut().as_mut() {
+                    trace.write(&trace::frame_line(trace::monotonic_ns(), seq, tiles, scale));
+                }
+            }
         }
     }
 }
@@ -240,9 +329,11 @@ impl DisplayWidget {
                 let grid = TileGrid::new(info.width, info.height);
                 *imp.frame.borrow_mut() = Some(imp::Frame {
                     info,
+                    memfd: fd,
                     memory,
                     grid,
                     textures: vec![None; grid.len()],
+                    nodes: vec![None; grid.len()],
                     dirty: vec![true; grid.len()],
                 });
                 self.queue_resize();
@@ -251,6 +342,11 @@ impl DisplayWidget {
                 }
             }
             DisplayEvent::Damage(rects) => {
+                let seq = imp.damage_seq.get() + 1;
+                imp.damage_seq.set(seq);
+                if let Some(trace) = imp.trace.borrow_mut().as_mut() {
+                    trace.write(&trace::damage_line(seq, trace::monotonic_ns(), &rects));
+                }
                 if let Some(frame) = imp.frame.borrow_mut().as_mut() {
                     for rect in &rects {
                         for tile in frame.grid.touched(rect) {
@@ -266,6 +362,11 @@ impl DisplayWidget {
                 return Ok(());
             }
             DisplayEvent::Resync => {
+                let seq = imp.damage_seq.get() + 1;
+                imp.damage_seq.set(seq);
+                if let Some(trace) = imp.trace.borrow_mut().as_mut() {
+                    trace.write(&trace::resync_line(seq, trace::monotonic_ns()));
+                }
                 if let Some(frame) = imp.frame.borrow_mut().as_mut() {
                     frame.dirty.iter_mut().for_each(|d| *d = true);
                 }
@@ -315,6 +416,19 @@ impl DisplayWidget {
     /// Tiles turned into textures so far (a measure of how little damage costs).
     pub fn tiles_rebuilt(&self) -> u64 {
         self.imp().tiles_rebuilt.get()
+    }
+
+    /// The framebuffer for the recorder: a duplicate of its memfd and its layout.
+    pub fn frame_source(&self) -> Option<FrameSource> {
+        let frame = self.imp().frame.borrow();
+        let frame = frame.as_ref()?;
+        Some(FrameSource {
+            memfd: frame.memfd.try_clone().ok()?,
+            width: frame.info.width,
+            height: frame.info.height,
+            stride: frame.info.stride,
+            size: frame.info.size as usize,
+        })
     }
 
     /// The whole framebuffer as an opaque texture, for a screenshot.
@@ -495,6 +609,51 @@ impl DisplayWidget {
         });
         self.add_controller(scroll);
     }
+}
+
+/// A tile as a cairo node: its pixels copied into a cairo RGB24 surface (x8r8g8b8 is cairo's
+/// own RGB24 layout, X byte ignored, so a plain row copy) and painted into `bounds`. `None`
+/// when cairo cannot make the surface (out of memory): the tile stays black, nothing panics.
+fn tile_node(
+    frame: &[u8],
+    stride: usize,
+    tile: &Tile,
+    bounds: &graphene::Rect,
+) -> Option<gsk::RenderNode> {
+    let mut surface =
+        cairo::ImageSurface::create(cairo::Format::Rgb24, tile.width as i32, tile.height as i32)
+            .ok()?;
+    let to_stride = surface.stride() as usize;
+    {
+        let mut data = surface.data().ok()?;
+        let row_bytes = tile.width as usize * 4;
+        for y in 0..tile.height as usize {
+            let from = (tile.y as usize + y) * stride + tile.x as usize * 4;
+            data[y * to_stride..y * to_stride + row_bytes]
+                .copy_from_slice(&frame[from..from + row_bytes]);
+        }
+    }
+    let node = gsk::CairoNode::new(bounds);
+    let cr = node.draw_context();
+    cr.translate(bounds.x() as f64, bounds.y() as f64);
+    let (sx, sy) = (
+        bounds.width() as f64 / tile.width as f64,
+        bounds.height() as f64 / tile.height as f64,
+    );
+    cr.scale(sx, sy);
+    cr.set_source_surface(&surface, 0.0, 0.0).ok()?;
+    let source = cr.source();
+    // Neighbouring tiles meet without dark seams when scaled; 1:1 is a plain copy.
+    source.set_extend(cairo::Extend::Pad);
+    source.set_filter(if sx == 1.0 && sy == 1.0 {
+        cairo::Filter::Fast
+    } else {
+        cairo::Filter::Bilinear
+    });
+    cr.rectangle(0.0, 0.0, tile.width as f64, tile.height as f64);
+    cr.fill().ok()?;
+    drop(cr);
+    Some(node.upcast())
 }
 
 fn mouse_button(button: u32) -> Option<MouseButton> {
