@@ -12,8 +12,8 @@ use gettextrs::gettext;
 use hangar_engine::config::{ByteSize, DisplaySize, MAX_VCPUS};
 use hangar_engine::host::api::VolumeEntry;
 use hangar_engine::host::definition::{
-    DiskDefinition, DisplayKind, InputDefinition, NicDefinition, NicMode, PortForward, Protocol,
-    VmDefinition,
+    refused_field, DiskDefinition, DisplayKind, InputDefinition, NicDefinition, NicMode,
+    PortForward, Protocol, VmDefinition,
 };
 use hangar_engine::host::storage::validate_volume_name;
 use serde_json::Value;
@@ -104,10 +104,7 @@ pub enum FieldKey {
 /// The row a refusal of hangard's belongs to, and its reason: hangard words every invalid
 /// field as `field "disks[1].volume": reason`. Anything else belongs to the page as a whole.
 pub fn refusal_target(message: &str) -> (FieldKey, String) {
-    let Some((field, reason)) = message
-        .strip_prefix("field \"")
-        .and_then(|rest| rest.split_once("\": "))
-    else {
+    let Some((field, reason)) = refused_field(message) else {
         return (FieldKey::General, message.to_string());
     };
     (field_key(field), reason.to_string())

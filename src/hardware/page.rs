@@ -640,9 +640,6 @@ impl HardwarePage {
                 .title(&disk.volume)
                 .subtitle(facts.join(" · "))
                 .build();
-            row.update_property(&[gtk::accessible::Property::Label(
-                &gettext("Disk {volume}").replace("{volume}", &disk.volume),
-            )]);
             let grow = gtk::Button::builder()
                 .label(gettext("Grow…"))
                 .valign(gtk::Align::Center)
@@ -797,6 +794,7 @@ impl HardwarePage {
             .collect();
         let dialog = adw::MessageDialog::builder()
             .heading(gettext("Add Disk"))
+            .title(gettext("Add Disk"))
             .body(gettext(
                 "A new qcow2 volume in the storage pool, or a volume the pool has. Nothing is \
                  created or attached before Apply.",
@@ -950,8 +948,10 @@ impl HardwarePage {
         ) else {
             return;
         };
+        let heading = gettext("Grow {volume}").replace("{volume}", &disk.volume);
         let dialog = adw::MessageDialog::builder()
-            .heading(gettext("Grow {volume}").replace("{volume}", &disk.volume))
+            .heading(&heading)
+            .title(&heading)
             .body(match check.current() {
                 Some(size) => gettext(
                     "It is {size} now. The guest sees the new size at its next start; \
@@ -1104,11 +1104,8 @@ fn entry_row(
     syncing: &Rc<Cell<bool>>,
     message: fn(String) -> HardwareMsg,
 ) -> adw::EntryRow {
+    // The row's title names its text for assistive technologies.
     let row = adw::EntryRow::builder().title(title).build();
-    row.update_property(&[gtk::accessible::Property::Label(title)]);
-    if let Some(text) = row.delegate() {
-        text.update_property(&[gtk::accessible::Property::Label(title)]);
-    }
     let (input, syncing) = (input.clone(), syncing.clone());
     row.connect_changed(move |row| {
         if !syncing.get() {
@@ -1162,7 +1159,6 @@ fn build_ui(
     let vcpus = gtk::SpinButton::with_range(1.0, 64.0, 1.0);
     vcpus.set_valign(gtk::Align::Center);
     vcpus.set_numeric(true);
-    vcpus.update_property(&[gtk::accessible::Property::Label(&gettext("Virtual CPUs"))]);
     {
         let (input, syncing) = (input.clone(), syncing.clone());
         vcpus.connect_value_changed(move |spin| {
@@ -1314,7 +1310,6 @@ fn build_ui(
             .subtitle(subtitle)
             .build();
         let switch = gtk::Switch::builder().valign(gtk::Align::Center).build();
-        switch.update_property(&[gtk::accessible::Property::Label(title)]);
         let (input, syncing) = (input.clone(), syncing.clone());
         switch.connect_active_notify(move |switch| {
             if !syncing.get() {
