@@ -57,28 +57,58 @@ const TIB: u64 = 1 << 40;
 /// What the model refuses, each saying what to do instead.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum ModelError {
-    #[error("{}", gettext("hangard sent a definition this Hangar cannot read: {reason}").replace("{reason}", .0))]
+    #[error("{}", describe(self))]
     Definition(String),
-    #[error("{}", gettext("Give a size such as 512 MiB or 2 GiB"))]
+    #[error("{}", describe(self))]
     NotASize,
-    #[error("{}", gettext("Give a whole number of KiB"))]
+    #[error("{}", describe(self))]
     Fraction,
-    #[error("{}", gettext("That is too large"))]
+    #[error("{}", describe(self))]
     TooLarge,
-    #[error("{}", gettext("More than this host's {size}").replace("{size}", &format_size(*.0)))]
+    #[error("{}", describe(self))]
     AboveHost(u64),
-    #[error("{}", gettext("Volumes can only grow: {size} is not larger than its current {current}. Shrinking would cut off data the guest may have written there.").replace("{size}", &format_size(*.requested)).replace("{current}", &format_size(*.current)))]
+    #[error("{}", describe(self))]
     Shrink { current: u64, requested: u64 },
-    #[error("{}", gettext("Volume name: {reason}").replace("{reason}", .0))]
+    #[error("{}", describe(self))]
     VolumeName(String),
-    #[error("{}", gettext("The pool already has a volume called {name}; pick another name or add that volume as an existing one").replace("{name}", .0))]
+    #[error("{}", describe(self))]
     VolumeExists(String),
-    #[error("{}", gettext("{name} is already one of this VM's disks").replace("{name}", .0))]
+    #[error("{}", describe(self))]
     AlreadyAttached(String),
-    #[error("{}", gettext("A new volume needs a size of at least 1 MiB"))]
+    #[error("{}", describe(self))]
     TooSmall,
-    #[error("{}", gettext("Nothing was loaded to edit yet"))]
+    #[error("{}", describe(self))]
     NotLoaded,
+}
+
+/// The message of a refusal, in the user's language. (Apart from the enum because xgettext
+/// reads Rust as C and skips attribute lines as preprocessor directives.)
+fn describe(err: &ModelError) -> String {
+    match err {
+        ModelError::Definition(reason) => {
+            gettext("hangard sent a definition this Hangar cannot read: {reason}")
+                .replace("{reason}", reason)
+        }
+        ModelError::NotASize => gettext("Give a size such as 512 MiB or 2 GiB"),
+        ModelError::Fraction => gettext("Give a whole number of KiB"),
+        ModelError::TooLarge => gettext("That is too large"),
+        ModelError::AboveHost(memory) => {
+            gettext("More than this host's {size}").replace("{size}", &format_size(*memory))
+        }
+        ModelError::Shrink { current, requested } => gettext("Volumes can only grow: {size} is not larger than its current {current}. Shrinking would cut off data the guest may have written there.")
+            .replace("{size}", &format_size(*requested))
+            .replace("{current}", &format_size(*current)),
+        ModelError::VolumeName(reason) => {
+            gettext("Volume name: {reason}").replace("{reason}", reason)
+        }
+        ModelError::VolumeExists(name) => gettext("The pool already has a volume called {name}; pick another name or add that volume as an existing one")
+            .replace("{name}", name),
+        ModelError::AlreadyAttached(name) => {
+            gettext("{name} is already one of this VM's disks").replace("{name}", name)
+        }
+        ModelError::TooSmall => gettext("A new volume needs a size of at least 1 MiB"),
+        ModelError::NotLoaded => gettext("Nothing was loaded to edit yet"),
+    }
 }
 
 /// Where on the page a problem is shown: the row of that field, or the page's own message
@@ -175,11 +205,11 @@ pub fn parse_size(text: &str) -> Result<u64, ModelError> {
     }
     let scale = 10u128.pow(fraction.len() as u32);
     let total = (digits(whole)? * scale + digits(fraction)?) * u128::from(unit);
-    if total % scale != 0 {
+    if !total.is_multiple_of(scale) {
         return Err(ModelError::Fraction);
     }
     let bytes = total / scale;
-    if unit > 1 && bytes % u128::from(KIB) != 0 {
+    if unit > 1 && !bytes.is_multiple_of(u128::from(KIB)) {
         return Err(ModelError::Fraction);
     }
     u64::try_from(bytes).map_err(|_| ModelError::TooLarge)
@@ -776,19 +806,22 @@ mod tests {
         }
     }
 
-    const DEF: &str = r#"{
-        "schema_version": 1, "name": "web", "uuid": "0b0e9f36-9a53-4f4e-8d1c-5a2b8d7c6e10",
-        "vcpus": 1, "memory": "256M", "kernel": "/k", "initrd": "/i",
-        "cmdline": "console=ttyS0", "disks": [{"volume": "root.qcow2"}],
-        "nics": [{"mode": "user", "forwards": [{"protocol": "tcp", "host": 8080, "guest": 80}]}],
-        "display": "framebuffer", "autostart": true, "generation": 7
-    }"#;
+    fn def_json() -> String {
+        serde_json::json!({
+            "schema_version": 1, "name": "web", "uuid": "0b0e9f36-9a53-4f4e-8d1c-5a2b8d7c6e10",
+            "vcpus": 1, "memory": "256M", "kernel": "/k", "initrd": "/i",
+            "cmdline": "console=ttyS0", "disks": [{"volume": "root.qcow2"}],
+            "nics": [{"mode": "user", "forwards": [{"protocol": "tcp", "host": 8080, "guest": 80}]}],
+            "display": "framebuffer", "autostart": true, "generation": 7
+        })
+        .to_string()
+    }
 
     fn editor() -> Editor {
         let mut editor = Editor::default();
         editor
             .load(
-                DEF,
+                &def_json(),
                 &[volume("root.qcow2", GIB), volume("spare.img", 64 * MIB)],
             )
             .unwrap();

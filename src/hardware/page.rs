@@ -234,8 +234,7 @@ impl Component for HardwarePage {
                     if self.editor.has_changes() {
                         self.notice = Some(Notice {
                             text: gettext(
-                                "Someone else changed this VM's definition while you were \
-                                 editing it. Revert to load their version.",
+                                "Someone else changed this VM's definition while you were editing it. Revert to load their version.",
                             ),
                             conflict: true,
                         });
@@ -462,8 +461,7 @@ impl HardwarePage {
                 if refusal.is_conflict() {
                     self.notice = Some(Notice {
                         text: gettext(
-                            "Someone else changed this VM's definition since it was loaded, so \
-                             nothing was changed. Revert to load their version.",
+                            "Someone else changed this VM's definition since it was loaded, so nothing was changed. Revert to load their version.",
                         ),
                         conflict: true,
                     });
@@ -796,8 +794,7 @@ impl HardwarePage {
             .heading(gettext("Add Disk"))
             .title(gettext("Add Disk"))
             .body(gettext(
-                "A new qcow2 volume in the storage pool, or a volume the pool has. Nothing is \
-                 created or attached before Apply.",
+                "A new qcow2 volume in the storage pool, or a volume the pool has. Nothing is created or attached before Apply.",
             ))
             .modal(true)
             .build();
@@ -954,8 +951,7 @@ impl HardwarePage {
             .title(&heading)
             .body(match check.current() {
                 Some(size) => gettext(
-                    "It is {size} now. The guest sees the new size at its next start; \
-                     partitions and file systems inside are not grown for it.",
+                    "It is {size} now. The guest sees the new size at its next start; partitions and file systems inside are not grown for it.",
                 )
                 .replace("{size}", &format_size(size)),
                 None => gettext("Its size is not known: the pool did not say."),
