@@ -46,6 +46,8 @@ pub struct VmInfo {
     pub nics: Vec<hangar_engine::host::api::NicEntry>,
     pub display: String,
     pub autostart: bool,
+    /// Bumped by hangard on every change of the definition.
+    pub generation: u64,
 }
 
 impl VmInfo {
@@ -71,6 +73,7 @@ impl VmInfo {
                 "Nics" => set(&mut self.nics, value()),
                 "Display" => set(&mut self.display, value()),
                 "Autostart" => set(&mut self.autostart, value()),
+                "Generation" => set(&mut self.generation, value()),
                 _ => {}
             }
         }

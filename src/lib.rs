@@ -6,6 +6,7 @@ pub mod about;
 pub mod connection;
 pub mod delete_dialog;
 pub mod force_off_dialog;
+pub mod hardware;
 pub mod i18n;
 pub mod manager;
 pub mod new_vm;

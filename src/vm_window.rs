@@ -16,6 +16,7 @@ use zbus::Connection;
 
 use crate::connection::{self, VmAction, VmInfo};
 use crate::force_off_dialog;
+use crate::hardware::page::{HardwareInit, HardwareMsg, HardwarePage};
 use crate::manager::series_title;
 use crate::recording::{naming, pacing::format_elapsed, Recording};
 use crate::serial_text::LineEndings;
@@ -47,6 +48,8 @@ pub struct VmWindow {
     /// Samples across a Performance graph (a preference).
     graph_slots: usize,
     recorder: Recorder,
+    /// The Details page: the hardware editor.
+    hardware: Controller<HardwarePage>,
     ui: Ui,
 }
 
@@ -97,18 +100,14 @@ struct Ui {
     record_status: gtk::Label,
 }
 
+/// The General rows of the Details page; the hardware editor shows them first.
 struct DetailRows {
+    group: adw::PreferencesGroup,
+    /// Where the hardware editor goes.
+    page: gtk::Box,
     name: adw::ActionRow,
     uuid: adw::ActionRow,
     state: adw::ActionRow,
-    vcpus: adw::ActionRow,
-    memory: adw::ActionRow,
-    kernel: adw::ActionRow,
-    initrd: adw::ActionRow,
-    cmdline: adw::ActionRow,
-    disks: adw::ActionRow,
-    nics: adw::ActionRow,
-    display: adw::ActionRow,
 }
 
 #[derive(Debug)]
@@ -143,7 +142,6 @@ pub enum VmWindowOutput {
 pub enum VmWindowCmd {
     Display(Result<OwnedFd, String>),
     Serial(Result<OwnedFd, String>),
-    Definition(Result<String, String>),
     History(Vec<Sample>),
     Done(Result<(), String>),
 }
@@ -174,6 +172,14 @@ impl Component for VmWindow {
             input.emit(VmWindowMsg::Closed);
             glib::Propagation::Proceed
         });
+        let hardware = HardwarePage::builder()
+            .launch(HardwareInit {
+                connection: Some(init.connection.clone()),
+                info: init.info.clone(),
+                general: ui.details.group.clone(),
+            })
+            .detach();
+        ui.details.page.append(hardware.widget());
         let mut model = VmWindow {
             window: window.clone(),
             connection: Some(init.connection),
@@ -185,6 +191,7 @@ impl Component for VmWindow {
             settings: settings::settings(),
             graph_slots: 0,
             recorder: Recorder::default(),
+            hardware,
             ui,
         };
         model.apply_settings();
@@ -241,12 +248,15 @@ impl Component for VmWindow {
                 self.show_graphs();
             }
             VmWindowMsg::Reconnected(connection) => {
+                self.hardware
+                    .emit(HardwareMsg::Connection(Some(connection.clone())));
                 self.connection = Some(connection);
                 self.open_streams(&sender);
             }
             VmWindowMsg::Removed => {
                 self.toast(&gettext("This VM was deleted."));
                 self.connection = None;
+                self.hardware.emit(HardwareMsg::Connection(None));
                 self.update_actions();
             }
             VmWindowMsg::Act(VmAction::Destroy)
@@ -351,8 +361,6 @@ impl Component for VmWindow {
             }
             VmWindowCmd::Serial(Ok(fd)) => self.attach_serial(fd),
             VmWindowCmd::Serial(Err(message)) => self.ui.serial_status.set_label(&message),
-            VmWindowCmd::Definition(Ok(json)) => self.show_definition(&json),
-            VmWindowCmd::Definition(Err(message)) => self.toast(&message),
             VmWindowCmd::History(samples) => {
                 self.history.extend(samples);
                 self.show_graphs();
@@ -396,19 +404,13 @@ impl VmWindow {
         });
     }
 
-    /// Opens the display and serial streams and reads the definition; a VM that is not
-    /// running has no streams, and the pages say so.
+    /// Opens the display and serial streams; a VM that is not running has none, and the pages
+    /// say so.
     fn open_streams(&self, sender: &ComponentSender<Self>) {
         let Some(connection) = self.connection.clone() else {
             return;
         };
         let path = self.info.path.clone();
-        {
-            let (connection, path) = (connection.clone(), path.clone());
-            sender.oneshot_command(async move {
-                VmWindowCmd::Definition(connection::definition(&connection, &path).await)
-            });
-        }
         if !self.info.is_active() {
             self.show_not_running();
             return;
@@ -500,63 +502,8 @@ impl VmWindow {
         rows.name.set_subtitle(&info.name);
         rows.uuid.set_subtitle(&info.uuid);
         rows.state.set_subtitle(&vm_list::state_label(&info.state));
-        rows.vcpus.set_subtitle(&info.vcpus.to_string());
-        rows.memory.set_subtitle(&format_bytes(info.memory as f64));
-        let disks: Vec<String> = info
-            .disks
-            .iter()
-            .map(|(volume, readonly)| {
-                if *readonly {
-                    gettext("{volume} (read-only)").replace("{volume}", volume)
-                } else {
-                    volume.clone()
-                }
-            })
-            .collect();
-        rows.disks.set_subtitle(&if disks.is_empty() {
-            gettext("None")
-        } else {
-            disks.join(", ")
-        });
-        let nics: Vec<String> = info
-            .nics
-            .iter()
-            .map(|(mode, forwards)| {
-                let forwards: Vec<String> = forwards
-                    .iter()
-                    .map(|(proto, host, guest)| format!("{proto} {host}→{guest}"))
-                    .collect();
-                if forwards.is_empty() {
-                    mode.clone()
-                } else {
-                    format!("{mode} ({})", forwards.join(", "))
-                }
-            })
-            .collect();
-        rows.nics.set_subtitle(&if nics.is_empty() {
-            gettext("None")
-        } else {
-            nics.join("; ")
-        });
-        rows.display.set_subtitle(&info.display);
+        self.hardware.emit(HardwareMsg::Info(info.clone()));
         self.update_actions();
-    }
-
-    fn show_definition(&self, json: &str) {
-        let Ok(value) = serde_json::from_str::<serde_json::Value>(json) else {
-            return;
-        };
-        let text = |key: &str| {
-            value
-                .get(key)
-                .and_then(|v| v.as_str())
-                .filter(|s| !s.is_empty())
-                .map_or_else(|| gettext("None"), str::to_string)
-        };
-        let rows = &self.ui.details;
-        rows.kernel.set_subtitle(&text("kernel"));
-        rows.initrd.set_subtitle(&text("initrd"));
-        rows.cmdline.set_subtitle(&text("cmdline"));
     }
 
     fn show_graphs(&self) {
@@ -1013,40 +960,24 @@ fn build_ui(window: &adw::Window, sender: &ComponentSender<VmWindow>) -> Ui {
     let serial_page = stack.add_titled(&serial_box, Some("serial"), &gettext("Serial"));
     serial_page.set_icon_name(Some("utilities-terminal-symbolic"));
 
-    // Details page.
-    let details_page = adw::PreferencesPage::new();
-    let row = |group: &adw::PreferencesGroup, title: &str| {
-        let row = adw::ActionRow::builder().title(title).build();
-        row.add_css_class("property");
-        group.add(&row);
-        row
-    };
+    // Details page: the General rows here, the hardware editor below them (see init).
     let general = adw::PreferencesGroup::builder()
         .title(gettext("General"))
         .build();
-    let hardware = adw::PreferencesGroup::builder()
-        .title(gettext("Hardware"))
-        .build();
-    let boot = adw::PreferencesGroup::builder()
-        .title(gettext("Boot"))
-        .build();
-    let details = DetailRows {
-        name: row(&general, &gettext("Name")),
-        uuid: row(&general, &gettext("UUID")),
-        state: row(&general, &gettext("State")),
-        vcpus: row(&hardware, &gettext("Virtual CPUs")),
-        memory: row(&hardware, &gettext("Memory")),
-        disks: row(&hardware, &gettext("Disks")),
-        nics: row(&hardware, &gettext("Network")),
-        display: row(&hardware, &gettext("Display")),
-        kernel: row(&boot, &gettext("Kernel")),
-        initrd: row(&boot, &gettext("Initial RAM disk")),
-        cmdline: row(&boot, &gettext("Kernel command line")),
+    let row = |title: &str| {
+        let row = adw::ActionRow::builder().title(title).build();
+        row.add_css_class("property");
+        general.add(&row);
+        row
     };
-    details_page.add(&general);
-    details_page.add(&hardware);
-    details_page.add(&boot);
-    let details_stack_page = stack.add_titled(&details_page, Some("details"), &gettext("Details"));
+    let details = DetailRows {
+        name: row(&gettext("Name")),
+        uuid: row(&gettext("UUID")),
+        state: row(&gettext("State")),
+        group: general.clone(),
+        page: gtk::Box::new(gtk::Orientation::Vertical, 0),
+    };
+    let details_stack_page = stack.add_titled(&details.page, Some("details"), &gettext("Details"));
     details_stack_page.set_icon_name(Some("document-properties-symbolic"));
 
     // Performance page.

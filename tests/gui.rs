@@ -122,3 +122,8 @@ fn the_new_vm_assistant_creates_a_vm_and_cancel_leaves_nothing() {
 fn preferences_take_effect_and_last_and_force_off_asks_first() {
     run_driver("preferences.py");
 }
+
+#[test]
+fn the_hardware_editor_applies_edits_that_persist_and_shows_refusals_by_field() {
+    run_driver("editor.py");
+}

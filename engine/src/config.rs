@@ -54,6 +54,8 @@ pub enum ConfigError {
     Display(String, String),
     #[error("display socket path {0}: {1}")]
     DisplaySocket(PathBuf, String),
+    #[error("input {0:?}: {1}")]
+    Input(String, String),
 }
 
 /// Screen size used when a display is wanted but no size given.
@@ -79,6 +81,59 @@ pub struct DisplaySize {
     pub height: u32,
 }
 
+impl DisplaySize {
+    /// Checks the size against what the framebuffer supports; the reason says what would be
+    /// accepted.
+    pub fn check_bounds(&self) -> Result<(), String> {
+        if self.width < MIN_DISPLAY.width
+            || self.height < MIN_DISPLAY.height
+            || self.width > MAX_DISPLAY.width
+            || self.height > MAX_DISPLAY.height
+        {
+            return Err(format!("must be between {MIN_DISPLAY} and {MAX_DISPLAY}"));
+        }
+        if !self.width.is_multiple_of(8) {
+            return Err("the width must be a multiple of 8".into());
+        }
+        Ok(())
+    }
+}
+
+/// The screen a display gets when no size is given.
+impl Default for DisplaySize {
+    fn default() -> DisplaySize {
+        DEFAULT_DISPLAY
+    }
+}
+
+/// `WIDTHxHEIGHT`, any numbers: [`DisplaySize::check_bounds`] says whether they fit.
+impl FromStr for DisplaySize {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (w, h) = text
+            .split_once(['x', 'X'])
+            .ok_or_else(|| format!("{text:?}: expected WIDTHxHEIGHT such as 1280x800"))?;
+        let parse = |part: &str| {
+            part.trim().parse::<u32>().map_err(|_| {
+                format!("{text:?}: width and height must be whole numbers, as in 1280x800")
+            })
+        };
+        Ok(DisplaySize {
+            width: parse(w)?,
+            height: parse(h)?,
+        })
+    }
+}
+
+impl fmt::Display for DisplaySize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}x{}", self.width, self.height)
+    }
+}
+
+crate::serde_via_string!(DisplaySize);
+
 /// The `display` setting: a size such as `1280x800`, or `none` for a headless machine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DisplaySetting {
@@ -90,35 +145,18 @@ impl FromStr for DisplaySetting {
     type Err = ConfigError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let bad = |reason: &str| ConfigError::Display(text.to_string(), reason.to_string());
+        let bad = |reason: String| ConfigError::Display(text.to_string(), reason);
         if text == "none" {
             return Ok(DisplaySetting::None);
         }
-        let (w, h) = text
-            .split_once(['x', 'X'])
-            .ok_or_else(|| bad("expected WIDTHxHEIGHT such as 1280x800, or none"))?;
-        let parse = |part: &str| {
-            part.trim()
-                .parse::<u32>()
-                .map_err(|_| bad("width and height must be whole numbers, as in 1280x800"))
-        };
-        let size = DisplaySize {
-            width: parse(w)?,
-            height: parse(h)?,
-        };
-        if size.width < MIN_DISPLAY.width
-            || size.height < MIN_DISPLAY.height
-            || size.width > MAX_DISPLAY.width
-            || size.height > MAX_DISPLAY.height
-        {
-            return Err(bad(&format!(
-                "must be between {}x{} and {}x{}",
-                MIN_DISPLAY.width, MIN_DISPLAY.height, MAX_DISPLAY.width, MAX_DISPLAY.height
-            )));
-        }
-        if !size.width.is_multiple_of(8) {
-            return Err(bad("the width must be a multiple of 8"));
-        }
+        let size: DisplaySize = text.parse().map_err(|_| {
+            bad(if text.contains(['x', 'X']) {
+                "width and height must be whole numbers, as in 1280x800".into()
+            } else {
+                "expected WIDTHxHEIGHT such as 1280x800, or none".into()
+            })
+        })?;
+        size.check_bounds().map_err(bad)?;
         Ok(DisplaySetting::Size(size))
     }
 }
@@ -127,12 +165,86 @@ impl fmt::Display for DisplaySetting {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DisplaySetting::None => f.write_str("none"),
-            DisplaySetting::Size(size) => write!(f, "{}x{}", size.width, size.height),
+            DisplaySetting::Size(size) => size.fmt(f),
         }
     }
 }
 
 crate::serde_via_string!(DisplaySetting);
+
+/// The virtio-input devices a machine with a screen gets. The i8042's PS/2 keyboard is always
+/// there, screen or not: early boot and guests without virtio_input type on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InputDevices {
+    /// "Hangar Virtio Keyboard".
+    pub keyboard: bool,
+    /// "Hangar Virtio Tablet", the absolute pointer.
+    pub tablet: bool,
+}
+
+impl InputDevices {
+    pub const ALL: InputDevices = InputDevices {
+        keyboard: true,
+        tablet: true,
+    };
+    pub const NONE: InputDevices = InputDevices {
+        keyboard: false,
+        tablet: false,
+    };
+}
+
+impl Default for InputDevices {
+    fn default() -> InputDevices {
+        InputDevices::ALL
+    }
+}
+
+/// `keyboard`, `tablet`, `keyboard,tablet` (either order) or `none`.
+impl FromStr for InputDevices {
+    type Err = ConfigError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bad = |reason: String| ConfigError::Input(text.to_string(), reason);
+        if text == "none" {
+            return Ok(InputDevices::NONE);
+        }
+        let mut devices = InputDevices::NONE;
+        for name in text.split(',') {
+            let slot = match name.trim() {
+                "keyboard" => &mut devices.keyboard,
+                "tablet" => &mut devices.tablet,
+                "" => {
+                    return Err(bad(
+                        "expected keyboard, tablet, keyboard,tablet or none".into()
+                    ))
+                }
+                other => {
+                    return Err(bad(format!(
+                        "unknown input device {other:?}; use keyboard, tablet or none"
+                    )))
+                }
+            };
+            if *slot {
+                return Err(bad(format!("{:?} is listed twice", name.trim())));
+            }
+            *slot = true;
+        }
+        Ok(devices)
+    }
+}
+
+impl fmt::Display for InputDevices {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.keyboard, self.tablet) {
+            (true, true) => f.write_str("keyboard,tablet"),
+            (true, false) => f.write_str("keyboard"),
+            (false, true) => f.write_str("tablet"),
+            (false, false) => f.write_str("none"),
+        }
+    }
+}
+
+crate::serde_via_string!(InputDevices);
 
 /// A size in bytes that reads and writes as `256M`, `2G`, `4096K` or a plain byte count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -267,6 +379,9 @@ pub struct VmSettings {
     pub display: Option<DisplaySetting>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub display_socket: Option<PathBuf>,
+    /// The virtio-input devices of a machine with a screen [default: keyboard and tablet].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<InputDevices>,
     /// `false` runs the worker without its sandbox (landlock and seccomp); for debugging only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sandbox: Option<bool>,
@@ -304,6 +419,7 @@ impl VmSettings {
             nics: overrides.nics.or(self.nics),
             display: overrides.display.or(self.display),
             display_socket: overrides.display_socket.or(self.display_socket),
+            input: overrides.input.or(self.input),
             sandbox: overrides.sandbox.or(self.sandbox),
             screenshot_dirs: overrides.screenshot_dirs.or(self.screenshot_dirs),
         }
@@ -372,6 +488,20 @@ impl VmSettings {
             (Some(DisplaySetting::None), None) | (None, None) => None,
             (None, Some(_)) => Some(DEFAULT_DISPLAY),
         };
+        // Asking for input devices on a headless machine is a mistake worth saying; `none`
+        // there is harmless.
+        let input = match (self.input, display) {
+            (Some(devices), None) if devices != InputDevices::NONE => {
+                return Err(ConfigError::Input(
+                    devices.to_string(),
+                    "virtio-input devices come with a display; give --display WxH or drop --input"
+                        .into(),
+                ))
+            }
+            (Some(devices), Some(_)) => devices,
+            (_, None) => InputDevices::NONE,
+            (None, Some(_)) => InputDevices::ALL,
+        };
 
         Ok(VmConfig {
             kernel,
@@ -386,6 +516,7 @@ impl VmSettings {
             nics: self.nics.unwrap_or_default(),
             display,
             display_socket: self.display_socket,
+            input,
             sandbox: self.sandbox.unwrap_or(true),
             screenshot_dirs: self.screenshot_dirs.unwrap_or_default(),
         })
@@ -413,6 +544,8 @@ pub struct VmConfig {
     pub display: Option<DisplaySize>,
     /// Where display clients connect.
     pub display_socket: Option<PathBuf>,
+    /// The virtio-input devices; both off on a headless machine.
+    pub input: InputDevices,
     /// Whether the worker enters its sandbox (landlock and seccomp) once set up.
     pub sandbox: bool,
     /// Where `screenshot` may write, besides nowhere.
@@ -608,6 +741,75 @@ mod tests {
                 width: 1024,
                 height: 768
             }))
+        );
+    }
+
+    #[test]
+    fn input_devices_parse_and_print() {
+        for (text, keyboard, tablet) in [
+            ("keyboard,tablet", true, true),
+            ("tablet,keyboard", true, true),
+            ("keyboard", true, false),
+            ("tablet", false, true),
+            ("none", false, false),
+        ] {
+            let devices: InputDevices = text.parse().unwrap();
+            assert_eq!(
+                (devices.keyboard, devices.tablet),
+                (keyboard, tablet),
+                "{text}"
+            );
+            assert_eq!(
+                devices.to_string().parse::<InputDevices>().unwrap(),
+                devices
+            );
+        }
+        for bad in ["", "mouse", "keyboard,keyboard", "keyboard,", "none,tablet"] {
+            let err = bad.parse::<InputDevices>().unwrap_err().to_string();
+            assert!(err.starts_with(&format!("input {bad:?}")), "{err}");
+        }
+    }
+
+    #[test]
+    fn input_devices_come_with_the_display() {
+        let screen = |input: Option<InputDevices>| VmSettings {
+            display: Some(DisplaySetting::Size(DEFAULT_DISPLAY)),
+            input,
+            ..Default::default()
+        };
+        let config = with_kernel(screen(None)).validate().unwrap();
+        assert_eq!(config.input, InputDevices::ALL);
+        let keyboard_only = InputDevices {
+            keyboard: true,
+            tablet: false,
+        };
+        let config = with_kernel(screen(Some(keyboard_only))).validate().unwrap();
+        assert_eq!(config.input, keyboard_only);
+        // Headless: no virtio-input, and asking for some is refused by name.
+        let config = with_kernel(VmSettings::default()).validate().unwrap();
+        assert_eq!(config.input, InputDevices::NONE);
+        let config = with_kernel(VmSettings {
+            input: Some(InputDevices::NONE),
+            ..Default::default()
+        })
+        .validate()
+        .unwrap();
+        assert_eq!(config.input, InputDevices::NONE);
+        let err = with_kernel(VmSettings {
+            input: Some(keyboard_only),
+            ..Default::default()
+        })
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("--display"), "{err}");
+        let settings: VmSettings = serde_json::from_str(r#"{"input":"tablet"}"#).unwrap();
+        assert_eq!(
+            settings.input,
+            Some(InputDevices {
+                keyboard: false,
+                tablet: true
+            })
         );
     }
 

@@ -317,15 +317,21 @@ impl Machine {
         let mut keyboards = KeyboardRouter::default();
         let mut tablet = None;
         let mut inputs = Vec::new();
-        // With a screen, a virtio-input keyboard and tablet: keys go to the keyboard once the
-        // guest's driver listens, to the i8042 before that (early boot, guests without it).
+        // With a screen, a virtio-input keyboard and tablet unless the configuration leaves
+        // one out: keys go to the virtio keyboard once the guest's driver listens, to the i8042
+        // before that (early boot, guests without it) and always when there is none.
         if framebuffer.is_some() {
-            let keyboard = InputHandle::new(InputKind::Keyboard).map_err(MachineError::Input)?;
-            let pointer = InputHandle::new(InputKind::Tablet).map_err(MachineError::Input)?;
-            keyboards.add(Arc::new(Mutex::new(keyboard.clone())));
-            inputs.push(keyboard);
-            inputs.push(pointer.clone());
-            tablet = Some(pointer);
+            if config.input.keyboard {
+                let keyboard =
+                    InputHandle::new(InputKind::Keyboard).map_err(MachineError::Input)?;
+                keyboards.add(Arc::new(Mutex::new(keyboard.clone())));
+                inputs.push(keyboard);
+            }
+            if config.input.tablet {
+                let pointer = InputHandle::new(InputKind::Tablet).map_err(MachineError::Input)?;
+                inputs.push(pointer.clone());
+                tablet = Some(pointer);
+            }
         }
         keyboards.add(i8042.clone());
         let mut bus = Buses::default();

@@ -1,6 +1,7 @@
 //! The display on real /dev/kvm with tiny guests (tests/guests/tiny): the framebuffer memfd and
-//! damage on the display socket, keys through the i8042, stalled clients, screenshots, and
-//! display settings refused with a clear message.
+//! damage on the display socket, keys through the i8042, stalled clients, screenshots, the
+//! virtio-input devices `--input` asks for as the guest finds them on PCI, and display settings
+//! refused with a clear message.
 
 mod support;
 
@@ -335,4 +336,88 @@ fn bad_display_settings_are_refused_and_headless_vms_have_no_screenshot() {
         "{reply}"
     );
     vmm.control().ok("kill");
+}
+
+/// The PCI devices the `pcilist` guest finds, one `pci ...` line each (virtio-input ones with
+/// their names), with `args` added to a 1024x768 display.
+fn pci_devices(args: &[&str]) -> Vec<String> {
+    require_kvm();
+    let kernel = tiny_guest("pcilist").display().to_string();
+    let mut all = vec!["--kernel", &kernel, "--memory", "32M"];
+    all.extend_from_slice(args);
+    let mut vmm = Vmm::start(&all, false);
+    vmm.expect("pcilist start", BOOT);
+    let mut lines = Vec::new();
+    loop {
+        let line = vmm.expect("pci ", BOOT);
+        if line == "pci done" {
+            break;
+        }
+        lines.push(line);
+    }
+    vmm.type_serial(b"q");
+    vmm.expect("bye", BOOT);
+    assert!(vmm.wait(BOOT).success());
+    lines
+}
+
+fn input_names(lines: &[String]) -> Vec<&str> {
+    lines
+        .iter()
+        .filter_map(|line| line.split_once(" name=").map(|(_, name)| name))
+        .collect()
+}
+
+#[test]
+fn the_guest_finds_the_input_devices_the_input_setting_asks_for() {
+    let display = ["--display", "1024x768"];
+    let with = |input: &[&'static str]| {
+        let mut args = display.to_vec();
+        args.extend_from_slice(input);
+        pci_devices(&args)
+    };
+    let both = with(&[]);
+    assert_eq!(
+        input_names(&both),
+        ["Hangar Virtio Keyboard", "Hangar Virtio Tablet"],
+        "{both:?}"
+    );
+    assert_eq!(
+        with(&["--input", "keyboard,tablet"]),
+        both,
+        "the default is both"
+    );
+    let keyboard = with(&["--input", "keyboard"]);
+    assert_eq!(
+        input_names(&keyboard),
+        ["Hangar Virtio Keyboard"],
+        "{keyboard:?}"
+    );
+    let tablet = with(&["--input", "tablet"]);
+    assert_eq!(input_names(&tablet), ["Hangar Virtio Tablet"], "{tablet:?}");
+    let none = with(&["--input", "none"]);
+    assert!(
+        !none.iter().any(|line| line.contains("10521af4")),
+        "no virtio-input device at all: {none:?}"
+    );
+    // The other devices stay where they were: only the input devices went.
+    assert_eq!(none.len(), both.len() - 2, "{none:?} vs {both:?}");
+    assert_eq!(none[..], both[..none.len()]);
+    // Headless: no virtio-input either, and asking for one says what is missing.
+    assert_eq!(pci_devices(&[]), none);
+    let err = run_expecting_error(&[
+        "--kernel",
+        &tiny_guest("pcilist").display().to_string(),
+        "--input",
+        "tablet",
+    ]);
+    assert!(err.contains("--display"), "{err}");
+    let output = std::process::Command::new(vmm_binary())
+        .args(["--kernel", &tiny_guest("pcilist").display().to_string()])
+        .args(["--display", "1024x768", "--input", "mouse"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("\"mouse\""), "{stderr}");
 }

@@ -91,6 +91,22 @@ fn invalid_definitions_are_refused_by_field_and_nothing_is_written() {
             "dev.hangar.Error.InvalidDefinition",
             "disks[0].volume",
         ),
+        (
+            host.definition_file(
+                "nodisk",
+                &json!({"name": "x", "kernel": kernel, "disks": [{"volume": "missing.qcow2"}]}),
+            ),
+            "dev.hangar.Error.InvalidDefinition",
+            "field \"disks[0].volume\": there is no volume \"missing.qcow2\" in the pool",
+        ),
+        (
+            host.definition_file(
+                "bigscreen",
+                &json!({"name": "x", "kernel": kernel, "resolution": "7680x4320"}),
+            ),
+            "dev.hangar.Error.InvalidDefinition",
+            "field \"resolution\": 7680x4320: must be between 640x400 and 3840x2160",
+        ),
     ];
     for (file, name, needle) in cases {
         let (error, message, stderr) = host.ctl_err(&["define", file.to_str().unwrap()]);
@@ -107,6 +123,18 @@ fn invalid_definitions_are_refused_by_field_and_nothing_is_written() {
     );
     let (error, message, _) = host.ctl_err(&["update", "taken", zero.to_str().unwrap()]);
     assert_eq!(error, "dev.hangar.Error.InvalidDefinition", "{message}");
+    assert_eq!(host.ctl_json(&["dumpdef", "taken"])["generation"], 1);
+    let gone = host.definition_file(
+        "gone-update",
+        &json!({"name": "taken", "kernel": kernel, "generation": 1,
+                "disks": [{"volume": "gone.img"}]}),
+    );
+    let (error, message, _) = host.ctl_err(&["update", "taken", gone.to_str().unwrap()]);
+    assert_eq!(error, "dev.hangar.Error.InvalidDefinition", "{message}");
+    assert!(
+        message.starts_with("field \"disks[0].volume\""),
+        "{message}"
+    );
     assert_eq!(host.ctl_json(&["dumpdef", "taken"])["generation"], 1);
 
     // The same rules hold for a client calling D-Bus directly.

@@ -1,6 +1,7 @@
 //! The display through hangard: OpenDisplay on the Vm1 D-Bus interface hands out a socket
 //! connected straight to the worker's display stream (memfd, damage, keys), `hangarctl
-//! screenshot` saves the screen, and a headless VM says it has no display. Real dbus-daemon,
+//! screenshot` saves the screen, a definition's resolution and input devices reach the worker,
+//! and a headless VM says it has no display. Real dbus-daemon,
 //! real hangard, real workers with tiny guests on /dev/kvm.
 
 #[path = "support/hangard.rs"]
@@ -88,4 +89,63 @@ fn a_headless_vm_has_no_display() {
     assert!(err.1.contains("no display"), "{err:?}");
     assert!(!std::path::Path::new("/tmp/never.png").exists());
     host.ctl_ok(&["destroy", "headless"]);
+}
+
+#[test]
+fn the_definitions_resolution_and_input_devices_reach_the_worker() {
+    require_kvm();
+    let host = Host::new();
+    let definition = json!({
+        "name": "pci",
+        "kernel": tiny_guest("pcilist"),
+        "memory": "32M",
+        "resolution": "1024x768",
+        "input": {"tablet": false},
+    });
+    let file = host.definition_file("pci", &definition);
+    host.ctl_ok(&["define", file.to_str().unwrap()]);
+    let stored = host.ctl_json(&["dumpdef", "pci"]);
+    assert_eq!(stored["resolution"], "1024x768", "{stored}");
+    assert_eq!(stored["input"], json!({"keyboard": true, "tablet": false}));
+    host.ctl_ok(&["start", "pci"]);
+
+    // The guest lists what it finds on PCI: the keyboard, and no tablet.
+    let mut console = host.console("pci");
+    console.expect("pci done", BOOT);
+    assert!(
+        console.seen.contains("name=Hangar Virtio Keyboard"),
+        "{}",
+        console.seen
+    );
+    assert!(
+        !console.seen.contains("Tablet"),
+        "the tablet was switched off: {}",
+        console.seen
+    );
+    let shot = host.runtime_dir().join("pci.png");
+    let saved = host.ctl_json(&["screenshot", "pci", shot.to_str().unwrap()]);
+    assert_eq!(
+        (saved["width"].as_u64(), saved["height"].as_u64()),
+        (Some(1024), Some(768)),
+        "{saved}"
+    );
+    console.type_text("q");
+    console.expect("bye", BOOT);
+    host.wait_state("pci", "shutoff", BOOT);
+
+    // A size the framebuffer cannot have is refused by field, and nothing changes.
+    let mut bad = stored.clone();
+    bad["resolution"] = json!("5000x5000");
+    let file = host.definition_file("pci-bad", &bad);
+    let generation = stored["generation"].to_string();
+    let (error, message, _) = host.ctl_err(&[
+        "update",
+        "pci",
+        file.to_str().unwrap(),
+        "--generation",
+        &generation,
+    ]);
+    assert_eq!(error, "dev.hangar.Error.InvalidDefinition", "{message}");
+    assert!(message.starts_with("field \"resolution\""), "{message}");
+    assert_eq!(host.ctl_json(&["dumpdef", "pci"]), stored);
 }

@@ -531,6 +531,8 @@ pub fn plan(draft: &Draft, facts: &Facts) -> Plan {
             Vec::new()
         },
         display: DisplayKind::Framebuffer,
+        resolution: Default::default(),
+        input: Default::default(),
         autostart: false,
         generation: 0,
     };

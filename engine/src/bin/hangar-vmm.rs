@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use hangar_engine::config::{ByteSize, DisplaySetting, SerialMode, VmSettings};
+use hangar_engine::config::{ByteSize, DisplaySetting, InputDevices, SerialMode, VmSettings};
 use hangar_engine::disk::DiskSpec;
 use hangar_engine::net::NetSpec;
 use hangar_engine::worker::Worker;
@@ -57,6 +57,10 @@ struct Args {
     /// Listen for display clients (framebuffer memfd, damage, input) on this Unix socket.
     #[arg(long)]
     display_socket: Option<PathBuf>,
+    /// The virtio-input devices of a machine with a display: keyboard, tablet, keyboard,tablet
+    /// or none [default: keyboard,tablet]. The PS/2 keyboard is always there.
+    #[arg(long, value_parser = parse_input)]
+    input: Option<InputDevices>,
     /// Let the `screenshot` control command write PNG files in this directory (repeatable);
     /// the sandbox allows no other place.
     #[arg(long = "screenshot-dir")]
@@ -92,6 +96,11 @@ fn parse_display(text: &str) -> Result<DisplaySetting, String> {
         .map_err(|err: hangar_engine::config::ConfigError| err.to_string())
 }
 
+fn parse_input(text: &str) -> Result<InputDevices, String> {
+    text.parse()
+        .map_err(|err: hangar_engine::config::ConfigError| err.to_string())
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let flags = VmSettings {
@@ -107,6 +116,7 @@ fn main() -> ExitCode {
         nics: (!args.nics.is_empty()).then_some(args.nics),
         display: args.display,
         display_socket: args.display_socket,
+        input: args.input,
         sandbox: args.no_sandbox.then_some(false),
         screenshot_dirs: (!args.screenshot_dirs.is_empty()).then_some(args.screenshot_dirs),
     };

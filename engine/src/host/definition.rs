@@ -12,7 +12,9 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ByteSize, DEFAULT_CMDLINE, MAX_MEMORY, MAX_VCPUS, MIN_MEMORY};
+use crate::config::{
+    ByteSize, DisplaySize, InputDevices, DEFAULT_CMDLINE, MAX_MEMORY, MAX_VCPUS, MIN_MEMORY,
+};
 
 /// Version of the definition schema this build reads and writes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -195,6 +197,39 @@ impl DisplayKind {
     }
 }
 
+/// The virtio-input devices of a VM with a screen. Both are on unless switched off; the PS/2
+/// keyboard is always there. A headless VM has neither, whatever this says.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct InputDefinition {
+    #[serde(default = "yes")]
+    pub keyboard: bool,
+    #[serde(default = "yes")]
+    pub tablet: bool,
+}
+
+impl Default for InputDefinition {
+    fn default() -> InputDefinition {
+        InputDefinition {
+            keyboard: true,
+            tablet: true,
+        }
+    }
+}
+
+impl InputDefinition {
+    /// The worker's `--input` setting.
+    pub fn devices(&self) -> InputDevices {
+        InputDevices {
+            keyboard: self.keyboard,
+            tablet: self.tablet,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
 fn schema_version() -> u32 {
     SCHEMA_VERSION
 }
@@ -233,6 +268,11 @@ pub struct VmDefinition {
     pub nics: Vec<NicDefinition>,
     #[serde(default)]
     pub display: DisplayKind,
+    /// The framebuffer's size, `WIDTHxHEIGHT`; kept, but unused, while `display` is none.
+    #[serde(default)]
+    pub resolution: DisplaySize,
+    #[serde(default)]
+    pub input: InputDefinition,
     #[serde(default)]
     pub autostart: bool,
     /// Bumped by every stored change; updates name the generation they were based on.
@@ -327,6 +367,9 @@ impl VmDefinition {
                 ));
             }
         }
+        self.resolution.check_bounds().map_err(|reason| {
+            DefinitionError::field("resolution", format!("{}: {reason}", self.resolution))
+        })?;
         let mut host_ports: Vec<(Protocol, u16)> = Vec::new();
         for (i, nic) in self.nics.iter().enumerate() {
             if nic.mode == NicMode::None && !nic.forwards.is_empty() {
@@ -431,6 +474,9 @@ mod tests {
         assert_eq!(def.memory, ByteSize(DEFAULT_MEMORY));
         assert_eq!(def.cmdline, DEFAULT_CMDLINE);
         assert_eq!(def.display, DisplayKind::Framebuffer);
+        assert_eq!(def.resolution, crate::config::DEFAULT_DISPLAY);
+        assert_eq!(def.input, InputDefinition::default());
+        assert_eq!(def.input.devices(), InputDevices::ALL);
         assert!(def.uuid.is_nil());
         assert!(!def.autostart);
     }
@@ -447,6 +493,60 @@ mod tests {
         let again = VmDefinition::from_json(&def.to_json()).unwrap();
         assert_eq!(again, def);
         assert_eq!(again.nics[0].forwards[0].protocol, Protocol::Tcp);
+    }
+
+    #[test]
+    fn definitions_stored_before_resolution_and_input_still_load() {
+        // What a hangard of the first schema version wrote, field for field.
+        let stored = r#"{
+            "schema_version": 1,
+            "name": "old",
+            "uuid": "0b0e9f36-9a53-4f4e-8d1c-5a2b8d7c6e10",
+            "vcpus": 1,
+            "memory": "256M",
+            "kernel": "/k",
+            "cmdline": "console=ttyS0",
+            "display": "framebuffer",
+            "autostart": false,
+            "generation": 4
+        }"#;
+        let def = VmDefinition::from_json(stored).unwrap();
+        assert_eq!(def.resolution.to_string(), "1280x800");
+        assert_eq!(def.input.devices(), InputDevices::ALL);
+        assert_eq!(def.generation, 4);
+        let again = VmDefinition::from_json(&def.to_json()).unwrap();
+        assert_eq!(again, def);
+        assert!(def.to_json().contains("\"resolution\": \"1280x800\""));
+    }
+
+    #[test]
+    fn resolution_and_input_devices_are_read_and_checked() {
+        let def = VmDefinition::from_json(
+            r#"{"name":"a","kernel":"/k","resolution":"1920x1080","input":{"tablet":false}}"#,
+        )
+        .unwrap();
+        assert_eq!((def.resolution.width, def.resolution.height), (1920, 1080));
+        assert!(def.input.keyboard && !def.input.tablet);
+        assert_eq!(def.input.devices().to_string(), "keyboard");
+        for bad in ["3848x2160", "320x200", "1283x800", "7680x4320"] {
+            let text = format!(r#"{{"name":"a","kernel":"/k","resolution":"{bad}"}}"#);
+            match VmDefinition::from_json(&text).unwrap_err() {
+                DefinitionError::Field { field, reason } => {
+                    assert_eq!(field, "resolution");
+                    assert!(reason.contains(bad), "{reason}");
+                }
+                other => panic!("{bad}: expected a field error, got {other}"),
+            }
+        }
+        // Text that is no size at all, and unknown input devices, name what is wrong.
+        let err = VmDefinition::from_json(r#"{"name":"a","kernel":"/k","resolution":"big"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("WIDTHxHEIGHT"), "{err}");
+        let err = VmDefinition::from_json(r#"{"name":"a","kernel":"/k","input":{"mouse":true}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mouse"), "{err}");
     }
 
     fn field_of(text: &str) -> String {

@@ -404,6 +404,7 @@ impl Inventory {
         def.canonicalize_files();
         def.check_files()?;
         let mut inner = self.lock();
+        check_volumes(&inner.pool, &def)?;
         let uuid = inner.store.define(def)?.uuid;
         inner.runtime.insert(uuid, VmRuntime::new());
         Ok(uuid)
@@ -420,11 +421,14 @@ impl Inventory {
         let mut def = VmDefinition::from_json(json)?;
         def.canonicalize_files();
         def.check_files()?;
-        let generation = self
-            .lock()
-            .store
-            .update(uuid, def, expected_generation)?
-            .generation;
+        let generation = {
+            let mut inner = self.lock();
+            check_volumes(&inner.pool, &def)?;
+            inner
+                .store
+                .update(uuid, def, expected_generation)?
+                .generation
+        };
         self.emit(HostEvent::DefinitionChanged {
             uuid: *uuid,
             generation,
@@ -1062,6 +1066,8 @@ impl Inventory {
             }],
             nics: vec![NicDefinition::default()],
             display: Default::default(),
+            resolution: Default::default(),
+            input: Default::default(),
             autostart: false,
             generation: 0,
         };
@@ -1102,6 +1108,25 @@ fn crash_reason(reason: &str, vcpu: u8) -> String {
 }
 
 /// Names of the VMs (other than `except`) whose disks include `volume`.
+/// Checks that every disk of `def` names a volume the pool has, so that a definition never
+/// points at storage that is not there (a typo, or a volume deleted meanwhile).
+fn check_volumes(pool: &StoragePool, def: &VmDefinition) -> Result<(), DefinitionError> {
+    for (i, disk) in def.disks.iter().enumerate() {
+        let present = pool.path_of(&disk.volume).is_ok_and(|path| path.is_file());
+        if !present {
+            return Err(DefinitionError::Field {
+                field: format!("disks[{i}].volume"),
+                reason: format!(
+                    "there is no volume {:?} in the pool; create it (hangarctl vol-create) or \
+                     pick one of hangarctl vol-list",
+                    disk.volume
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 fn users_of(store: &DefinitionStore, volume: &str, except: Option<&Uuid>) -> String {
     store
         .iter()
@@ -1247,6 +1272,8 @@ mod tests {
     fn shared_volumes_are_kept_when_one_vm_goes_with_its_storage() {
         let (inventory, _events, _scratch) = inventory("shared", true);
         let kernel = test_kernel().display().to_string();
+        let pool = inventory.lock().pool.dir().to_path_buf();
+        std::fs::write(pool.join("shared.img"), vec![0u8; 4096]).unwrap();
         let with_disk = |name: &str| {
             format!(
                 r#"{{"name":"{name}","kernel":{kernel:?},"disks":[{{"volume":"shared.img"}}]}}"#

@@ -188,9 +188,15 @@ pub fn worker_args(
     serial.push(runtime.serial());
     args.push(serial);
     args.extend(["--control".into(), runtime.control().into()]);
-    // The worker's default screen size goes with the socket.
     if def.display == DisplayKind::Framebuffer {
-        args.extend(["--display-socket".into(), runtime.display().into()]);
+        args.extend([
+            "--display".into(),
+            def.resolution.to_string().into(),
+            "--display-socket".into(),
+            runtime.display().into(),
+            "--input".into(),
+            def.input.devices().to_string().into(),
+        ]);
     }
     for (disk, path) in def.disks.iter().zip(disk_paths) {
         let spec = DiskSpec {
@@ -665,16 +671,44 @@ mod tests {
                 "unix:/run/user/1/hangar/u/serial.sock",
                 "--control",
                 "/run/user/1/hangar/u/control.sock",
+                "--display",
+                "1280x800",
                 "--display-socket",
-                "/run/user/1/hangar/u/display.sock"
+                "/run/user/1/hangar/u/display.sock",
+                "--input",
+                "keyboard,tablet"
             ]
         );
+        // The screen's size and input devices follow the definition.
+        let small = VmDefinition::from_json(
+            r#"{"name":"a","kernel":"/k","resolution":"1024x768","input":{"tablet":false}}"#,
+        )
+        .unwrap();
+        let args: Vec<String> = worker_args(&small, &runtime, &[])
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect();
+        let after = |flag: &str| {
+            let at = args.iter().position(|a| a == flag).unwrap();
+            args[at + 1].as_str()
+        };
+        assert_eq!(after("--display"), "1024x768");
+        assert_eq!(after("--input"), "keyboard");
+        let neither = VmDefinition::from_json(
+            r#"{"name":"a","kernel":"/k","input":{"keyboard":false,"tablet":false}}"#,
+        )
+        .unwrap();
+        let args = worker_args(&neither, &runtime, &[]);
+        let at = args.iter().position(|a| a == "--input").unwrap();
+        assert_eq!(args[at + 1], "none");
         let headless = VmDefinition::from_json(
             r#"{"name":"a","kernel":"/k","memory":"64M","vcpus":1,"display":"none"}"#,
         )
         .unwrap();
         let args = worker_args(&headless, &runtime, &[]);
-        assert!(!args.iter().any(|a| a == "--display-socket"), "{args:?}");
+        for flag in ["--display-socket", "--display", "--input"] {
+            assert!(!args.iter().any(|a| a == flag), "{flag}: {args:?}");
+        }
 
         let attached = VmDefinition::from_json(
             r#"{"name":"a","kernel":"/k","display":"none",
