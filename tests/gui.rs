@@ -1,7 +1,7 @@
 //! The GUI end to end: the real `hangar` under Xvfb, driven through AT-SPI by the drivers in
 //! tests/gui/ (harness.py is what they share), against a real hangard running real workers
-//! with tiny guests on /dev/kvm, all on a session bus of their own (`dbus-run-session`). The driver prints a line
-//! per check; this test fails when any check fails or a tool is missing.
+//! with tiny guests on /dev/kvm, all on a session bus of their own (`dbus-run-session`). Each
+//! driver prints a line per check; its test fails when any check fails or a tool is missing.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
