@@ -7,6 +7,7 @@ pub mod connection;
 pub mod delete_dialog;
 pub mod force_off_dialog;
 pub mod hardware;
+pub mod host_limits;
 pub mod i18n;
 pub mod manager;
 pub mod new_vm;

@@ -746,10 +746,7 @@ impl ManagerWindow {
             }
         }
         let limits = match &self.capabilities {
-            Some(caps) => HostLimits {
-                cpus: caps.host_cpus as u32,
-                memory: caps.host_memory_bytes,
-            },
+            Some(caps) => HostLimits::from_capabilities(caps),
             None => HostLimits {
                 cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
                 memory: 1 << 30,

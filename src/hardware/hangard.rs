@@ -91,10 +91,7 @@ pub async fn load(connection: &Connection, path: &str) -> Result<Snapshot, Refus
         .await
         .ok()
         .and_then(|json| serde_json::from_str::<HostCapabilities>(&json).ok())
-        .map(|caps| HostLimits {
-            cpus: u32::try_from(caps.host_cpus).unwrap_or(u32::MAX),
-            memory: caps.host_memory_bytes,
-        });
+        .map(|caps| HostLimits::from_capabilities(&caps));
     Ok(Snapshot {
         definition,
         volumes,

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use gettextrs::gettext;
-use hangar_engine::config::{ByteSize, DisplaySize, MAX_VCPUS};
+use hangar_engine::config::{ByteSize, DisplaySize};
 use hangar_engine::host::api::VolumeEntry;
 use hangar_engine::host::definition::{
     refused_field, DiskDefinition, DisplayKind, InputDefinition, NicDefinition, NicMode,
@@ -17,6 +17,8 @@ use hangar_engine::host::definition::{
 };
 use hangar_engine::host::storage::validate_volume_name;
 use serde_json::Value;
+
+pub use crate::host_limits::HostLimits;
 
 /// Screen sizes the page offers, smallest first.
 pub const RESOLUTION_PRESETS: [DisplaySize; 6] = [
@@ -387,18 +389,9 @@ impl GrowCheck {
     }
 }
 
-/// What the host allows, from hangard's capabilities.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct HostLimits {
-    pub cpus: u32,
-    pub memory: u64,
-}
-
-impl HostLimits {
-    /// The most vCPUs the page offers: the host's CPUs (at least what the VM has already).
-    pub fn max_vcpus(&self, current: u32) -> u32 {
-        self.cpus.clamp(1, u32::from(MAX_VCPUS)).max(current)
-    }
+/// The most vCPUs the page offers: the host's CPUs, and at least what the VM has already.
+pub fn offered_vcpus(host: &HostLimits, current: u32) -> u32 {
+    host.max_vcpus().max(current)
 }
 
 /// What Apply does, in this order: create the new volumes, update the definition, grow the
@@ -1152,9 +1145,9 @@ mod tests {
             cpus: 2,
             memory: GIB,
         };
-        assert_eq!(host.max_vcpus(1), 2);
+        assert_eq!(offered_vcpus(&host, 1), 2);
         assert_eq!(
-            host.max_vcpus(4),
+            offered_vcpus(&host, 4),
             4,
             "a VM that has more keeps them offered"
         );
@@ -1162,6 +1155,6 @@ mod tests {
             cpus: 256,
             memory: GIB,
         };
-        assert_eq!(big.max_vcpus(1), 64);
+        assert_eq!(offered_vcpus(&big, 1), 64);
     }
 }

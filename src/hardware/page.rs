@@ -18,9 +18,10 @@ use zbus::Connection;
 use crate::connection::VmInfo;
 use crate::hardware::hangard::{self, ApplyError, Refusal, Snapshot};
 use crate::hardware::model::{
-    format_size, refusal_target, DiskOrigin, Editor, FieldKey, HostLimits, ModelError,
-    RESOLUTION_PRESETS,
+    format_size, offered_vcpus, refusal_target, DiskOrigin, Editor, FieldKey, HostLimits,
+    ModelError, RESOLUTION_PRESETS,
 };
+use crate::widgets::field_error::FieldError;
 
 pub struct HardwareInit {
     pub connection: Option<Connection>,
@@ -98,51 +99,11 @@ pub struct HardwarePage {
     ui: Ui,
 }
 
-/// A red line under a row, hidden while its row has nothing wrong.
-#[derive(Clone)]
-struct ErrorSlot {
-    row: adw::PreferencesRow,
-    label: gtk::Label,
-}
-
-impl ErrorSlot {
-    fn new() -> ErrorSlot {
-        let label = gtk::Label::builder()
-            .xalign(0.0)
-            .wrap(true)
-            .selectable(true)
-            .css_classes(["error", "caption"])
-            .margin_start(12)
-            .margin_end(12)
-            .margin_top(6)
-            .margin_bottom(6)
-            .build();
-        let row = adw::PreferencesRow::builder()
-            .activatable(false)
-            .selectable(false)
-            .focusable(false)
-            .child(&label)
-            .visible(false)
-            .build();
-        ErrorSlot { row, label }
-    }
-
-    fn show(&self, problem: Option<&String>) {
-        match problem {
-            Some(text) => {
-                self.label.set_label(text);
-                self.row.set_visible(true);
-            }
-            None => self.row.set_visible(false),
-        }
-    }
-}
-
 /// The rows a list (disks, NICs) is rebuilt into, and their error lines by field.
 #[derive(Default)]
 struct ListRows {
     rows: Vec<gtk::Widget>,
-    errors: Vec<(FieldKey, ErrorSlot)>,
+    errors: Vec<(FieldKey, FieldError)>,
 }
 
 impl ListRows {
@@ -177,7 +138,7 @@ struct Ui {
     resolutions: Vec<DisplaySize>,
     keyboard: gtk::Switch,
     tablet: gtk::Switch,
-    errors: Vec<(FieldKey, ErrorSlot)>,
+    errors: Vec<(FieldKey, FieldError)>,
     apply: gtk::Button,
     revert: gtk::Button,
     /// Set while the page writes the draft into its widgets, so that their change signals
@@ -532,7 +493,7 @@ impl HardwarePage {
             .chain(&self.ui.disk_rows.errors)
             .chain(&self.ui.nic_rows.errors)
         {
-            slot.show(problem(key));
+            slot.show(problem(key).map(String::as_str));
         }
         match &self.notice {
             Some(notice) => {
@@ -561,7 +522,7 @@ impl HardwarePage {
         let max = self
             .host
             .map_or(u32::from(hangar_engine::config::MAX_VCPUS), |h| {
-                h.max_vcpus(draft.vcpus)
+                offered_vcpus(&h, draft.vcpus)
             });
         ui.vcpus.set_range(1.0, f64::from(max));
         ui.vcpus.set_value(f64::from(draft.vcpus));
@@ -661,7 +622,7 @@ impl HardwarePage {
             row.add_suffix(&grow);
             row.add_suffix(&remove);
             group.add(&row);
-            let slot = ErrorSlot::new();
+            let slot = FieldError::new();
             group.add(&slot.row);
             self.ui.disk_rows.rows.push(row.upcast());
             self.ui.disk_rows.rows.push(slot.row.clone().upcast());
@@ -727,7 +688,7 @@ impl HardwarePage {
             for (index, forward) in nic.forwards.iter().enumerate() {
                 let row = forward_row(&input, &syncing, nic_index, index, *forward);
                 expander.add_row(&row);
-                let slot = ErrorSlot::new();
+                let slot = FieldError::new();
                 expander.add_row(&slot.row);
                 self.ui
                     .nic_rows
@@ -735,7 +696,7 @@ impl HardwarePage {
                     .push((FieldKey::Forward(nic_index, index), slot));
             }
             group.add(&expander);
-            let slot = ErrorSlot::new();
+            let slot = FieldError::new();
             group.add(&slot.row);
             self.ui.nic_rows.rows.push(expander.upcast());
             self.ui.nic_rows.rows.push(slot.row.clone().upcast());
@@ -1121,7 +1082,7 @@ fn build_ui(
     let syncing = Rc::new(Cell::new(false));
     let mut errors = Vec::new();
     let mut slot = |group: &adw::PreferencesGroup, key: FieldKey| {
-        let slot = ErrorSlot::new();
+        let slot = FieldError::new();
         group.add(&slot.row);
         errors.push((key, slot));
     };

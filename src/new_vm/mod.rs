@@ -24,6 +24,7 @@ use zbus::Connection;
 
 use crate::connection::describe;
 use crate::stats_history::format_bytes;
+use crate::widgets::field_error::FieldError;
 use plan::{Draft, Facts, Field, ForwardDraft, HostLimits, NewVolume, Plan, Source, Step, Storage};
 use source::{ImageInfo, KernelInfo, KernelKind};
 
@@ -127,7 +128,7 @@ struct Ui {
     forwards_group: adw::PreferencesGroup,
     forwards: Vec<ForwardRow>,
     customize: gtk::Switch,
-    errors: HashMap<Field, ErrorRow>,
+    errors: HashMap<Field, FieldError>,
 }
 
 struct ForwardRow {
@@ -135,47 +136,7 @@ struct ForwardRow {
     host: gtk::Entry,
     guest: gtk::Entry,
     udp: gtk::DropDown,
-    error: ErrorRow,
-}
-
-/// A line under a field that says what is wrong with it.
-#[derive(Clone)]
-struct ErrorRow {
-    row: adw::PreferencesRow,
-    label: gtk::Label,
-}
-
-impl ErrorRow {
-    fn new(group: &adw::PreferencesGroup) -> ErrorRow {
-        let label = gtk::Label::builder()
-            .xalign(0.0)
-            .wrap(true)
-            .margin_start(12)
-            .margin_end(12)
-            .margin_top(6)
-            .margin_bottom(6)
-            .css_classes(["caption"])
-            .build();
-        let row = adw::PreferencesRow::builder()
-            .child(&label)
-            .activatable(false)
-            .selectable(false)
-            .visible(false)
-            .build();
-        group.add(&row);
-        ErrorRow { row, label }
-    }
-
-    /// Shows `message`, as an error once the user has typed in the field, else as a hint.
-    fn show(&self, message: Option<&str>, as_error: bool) {
-        self.row.set_visible(message.is_some());
-        self.label.set_label(message.unwrap_or_default());
-        self.label.set_css_classes(if as_error {
-            &["caption", "error"]
-        } else {
-            &["caption", "dim-label"]
-        });
-    }
+    error: FieldError,
 }
 
 impl Component for NewVmWizard {
@@ -376,7 +337,7 @@ impl Component for NewVmWizard {
                         self.step = step_of(field);
                         self.refresh(&sender);
                         if let Some(error) = self.error_row(field) {
-                            error.show(Some(&message), true);
+                            error.show(Some(&message));
                         }
                         self.ui.next.set_sensitive(true);
                         return;
@@ -404,7 +365,7 @@ fn step_of(field: Field) -> Step {
 }
 
 impl NewVmWizard {
-    fn error_row(&self, field: Field) -> Option<&ErrorRow> {
+    fn error_row(&self, field: Field) -> Option<&FieldError> {
         match field {
             Field::Forward(i) => self.ui.forwards.get(i).map(|row| &row.error),
             other => self.ui.errors.get(&other),
@@ -585,7 +546,7 @@ impl NewVmWizard {
                 .find(|p| p.field == field)
                 .map(|p| p.message.as_str());
             if let Some(error) = self.error_row(field) {
-                error.show(message, self.touched.contains(&field));
+                error.show_as(message, self.touched.contains(&field));
             }
         }
         ui.next.set_sensitive(problems.is_empty() && !self.busy);
@@ -826,15 +787,15 @@ fn on_spin_edit(
     spin.connect_value_changed(move |_| edit());
 }
 
-fn error_for(errors: &mut HashMap<Field, ErrorRow>, group: &adw::PreferencesGroup, field: Field) {
-    errors.insert(field, ErrorRow::new(group));
+fn error_for(errors: &mut HashMap<Field, FieldError>, group: &adw::PreferencesGroup, field: Field) {
+    errors.insert(field, FieldError::below(group));
 }
 
 fn file_row(
     group: &adw::PreferencesGroup,
     sender: &ComponentSender<NewVmWizard>,
     filling: &Rc<Cell<bool>>,
-    errors: &mut HashMap<Field, ErrorRow>,
+    errors: &mut HashMap<Field, FieldError>,
     title: &str,
     field: Field,
 ) -> adw::EntryRow {
@@ -974,7 +935,7 @@ fn forward_row(
     row.add_suffix(&udp);
     row.add_suffix(&remove);
     group.add(&row);
-    let error = ErrorRow::new(group);
+    let error = FieldError::below(group);
     ForwardRow {
         row,
         host,

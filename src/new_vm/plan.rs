@@ -105,35 +105,7 @@ pub struct Draft {
     pub customize: bool,
 }
 
-/// What the host allows, from hangard's capabilities.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct HostLimits {
-    pub cpus: u32,
-    pub memory: u64,
-}
-
-impl HostLimits {
-    /// Memory a new VM gets unless the user says otherwise: 1 GiB, less on a small host.
-    pub fn default_memory_mib(&self) -> u64 {
-        ((self.memory / 4) >> 20).clamp(MIN_MEMORY_MIB, 1024)
-    }
-
-    pub fn default_vcpus(&self) -> u32 {
-        self.cpus.clamp(1, 2)
-    }
-
-    pub fn max_memory_mib(&self) -> u64 {
-        (self.memory >> 20).min(MAX_MEMORY_MIB)
-    }
-
-    pub fn max_vcpus(&self) -> u32 {
-        self.cpus
-            .clamp(1, u32::from(hangar_engine::config::MAX_VCPUS))
-    }
-}
-
-pub const MIN_MEMORY_MIB: u64 = hangar_engine::config::MIN_MEMORY >> 20;
-const MAX_MEMORY_MIB: u64 = hangar_engine::config::MAX_MEMORY >> 20;
+pub use crate::host_limits::{HostLimits, MIN_MEMORY_MIB};
 /// The biggest new disk the assistant offers, in GiB.
 pub const MAX_DISK_GIB: u64 = 16 * 1024;
 /// Default size of a new disk, in GiB.
